@@ -1,0 +1,93 @@
+"""The Starlette application: routes, CORS, error shapes, and the runner pool's lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.http import json_response
+from gateway.inference import Inference
+from gateway.routes import ollama, openai
+from registry.store import Store
+from runner.pool import RunnerPool
+from shared.config import Settings
+from shared.errors import CorralError
+
+log = logging.getLogger("corral.gateway")
+
+# Ollama's built-in allowed origins; OLLAMA_ORIGINS adds to them.
+BUILTIN_ORIGINS = (
+    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+    "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+)
+ALLOWED_HEADERS = [
+    "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
+    "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
+    "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os",
+    "x-stainless-package-version", "x-stainless-poll-helper", "x-stainless-retry-count",
+    "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
+]
+
+
+def origin_regex(origins: tuple[str, ...]) -> str:
+    """One regex for all allowed origins; `*` in a pattern matches anything."""
+    patterns = [re.escape(o).replace(r"\*", ".*") for o in (*BUILTIN_ORIGINS, *origins)]
+    return "^(" + "|".join(patterns) + ")$"
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if request.url.path.startswith("/v1/"):
+        return json_response(openai.error_body(status, message), status, "application/json")
+    return json_response({"error": message}, status)
+
+
+async def _corral_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CorralError)
+    return _error(request, exc.status, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "404 page not found", 405: "405 method not allowed"}.get(
+        exc.status_code, str(exc.detail))
+    return _error(request, exc.status_code, message)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return _error(request, 500, f"internal error: {exc}")
+
+
+def create_app(settings: Settings, store: Store) -> Starlette:
+    pool = RunnerPool(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool.start()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = Starlette(
+        routes=[*ollama.routes, *openai.routes],
+        middleware=[Middleware(CORSMiddleware, allow_origin_regex=origin_regex(settings.origins),
+                               allow_methods=["*"], allow_headers=ALLOWED_HEADERS)],
+        exception_handlers={CorralError: _corral_error, HTTPException: _http_error,
+                            Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.inference = Inference(settings, store, pool)
+    app.state.pool = pool
+    return app

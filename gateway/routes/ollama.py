@@ -1,0 +1,338 @@
+"""Ollama's native API: /api/generate, /api/chat, /api/embed, model listing and management.
+
+Shapes, statuses and NDJSON framing follow the responses recorded from Ollama in
+../shared/reference/ollama-responses. The per-token path formats one JSON line per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.http import dumps, field, first_and_rest, json_response, ndjson, read_json
+from gateway.inference import Inference, Job, check_messages
+from registry.show import show_response
+from registry.store import model_details, tags_entry
+from registry.timefmt import rfc3339_nano
+from shared import protocol as p
+from shared.errors import BadRequest, CorralError
+from shared.version import OLLAMA_COMPAT_VERSION, __version__
+
+
+def _inference(request: Request) -> Inference:
+    return request.app.state.inference
+
+
+def _final_metrics(job: Job, done: p.Done) -> dict[str, Any]:
+    return {
+        "done_reason": done.done_reason,
+        "total_duration": job.total_duration(),
+        "load_duration": job.load_duration,
+        "prompt_eval_count": done.prompt_eval_count,
+        "prompt_eval_duration": done.prompt_eval_duration,
+        "eval_count": done.eval_count,
+        "eval_duration": done.eval_duration,
+    }
+
+
+def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
+    if think not in (None, False) and "thinking" not in capabilities:
+        raise BadRequest(f'"{model_name}" does not support thinking')
+
+
+async def _stream_or_collect(
+    stream: AsyncIterator[p.Chunk | p.Done],
+    want_stream: bool,
+    chunk_line: Callable[[str], str],
+    final: Callable[[str, p.Done], dict[str, Any]],
+) -> Response:
+    """Either an NDJSON stream (a line per chunk, then the final object) or one JSON object.
+
+    `chunk_line(text)` frames one delta; `final(all_text, done)` builds the closing object,
+    where all_text is "" when streaming (the deltas already went out).
+    """
+    first, rest = await first_and_rest(stream)
+    if not want_stream:
+        parts: list[str] = []
+        message = first
+        async for message in _chain(first, rest):
+            if isinstance(message, p.Chunk):
+                parts.append(message.text)
+        assert isinstance(message, p.Done)
+        return json_response(final("".join(parts), message))
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for message in _chain(first, rest):
+                if isinstance(message, p.Chunk):
+                    yield chunk_line(message.text)
+                else:
+                    yield dumps(final("", message)) + "\n"
+        except CorralError as exc:  # mid-stream failure: status is already 200
+            yield dumps({"error": exc.message}) + "\n"
+
+    return ndjson(lines())
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+# --- generate and chat -----------------------------------------------------------------------
+
+
+async def generate(request: Request) -> Response:
+    data = await read_json(request)
+    inference = _inference(request)
+    name = data.get("model")
+    model = inference.model(name)
+    prompt = field(data, "prompt", str, "")
+    raw = field(data, "raw", bool, False)
+    system = field(data, "system", str)
+    context = field(data, "context", list)
+    if raw and (data.get("template") or system or context):
+        raise BadRequest("raw mode does not support template, system, or context")
+    if data.get("suffix") and "insert" not in model.capabilities:
+        raise BadRequest(f"{model.name.full()} does not support insert")
+    if data.get("format"):
+        raise BadRequest("structured outputs (format) are not supported yet")
+    if data.get("images"):
+        raise BadRequest(f'"{name}" does not support images')
+    _check_think(name, model.capabilities, data.get("think"))
+    job = inference.job(model, data.get("options"), data.get("keep_alive"))
+    created = rfc3339_nano
+
+    if not prompt:
+        if job.keep_alive == 0:
+            await inference.unload(job)
+            reason = "unload"
+        else:
+            await inference.load_only(job)
+            reason = "load"
+        return json_response({"model": name, "created_at": created(), "response": "",
+                              "done": True, "done_reason": reason})
+
+    truncate = field(data, "truncate", bool, True)
+    if raw:
+        stream = inference.generate(job, prompt=prompt, truncate=truncate)
+    else:
+        messages = [{"role": "user", "content": prompt}]
+        sys_text = system if system is not None else model.system
+        if sys_text:
+            messages.insert(0, {"role": "system", "content": sys_text})
+        stream = inference.generate(job, messages=messages, context=context, truncate=truncate)
+
+    head = '{"model":' + dumps(name) + ',"created_at":"'
+
+    def chunk_line(text: str) -> str:
+        return head + created() + '","response":' + dumps(text) + ',"done":false}\n'
+
+    def final(text: str, done: p.Done) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": name, "created_at": created(), "response": text,
+                                "done": True, **_final_metrics(job, done)}
+        if not raw:
+            body["context"] = done.context
+        return body
+
+    return await _stream_or_collect(stream, field(data, "stream", bool, True), chunk_line, final)
+
+
+async def chat(request: Request) -> Response:
+    data = await read_json(request)
+    inference = _inference(request)
+    name = data.get("model")
+    model = inference.model(name)
+    messages = check_messages(data.get("messages"))
+    if data.get("tools"):
+        raise BadRequest(f"{model.name.full()} does not support tools")
+    if data.get("format"):
+        raise BadRequest("structured outputs (format) are not supported yet")
+    _check_think(name, model.capabilities, data.get("think"))
+    job = inference.job(model, data.get("options"), data.get("keep_alive"))
+    created = rfc3339_nano
+
+    if not messages:
+        if job.keep_alive == 0:
+            await inference.unload(job)
+            reason = "unload"
+        else:
+            await inference.load_only(job)
+            reason = "load"
+        return json_response({"model": name, "created_at": created(),
+                              "message": {"role": "assistant", "content": ""},
+                              "done": True, "done_reason": reason})
+
+    stream = inference.generate(job, messages=inference.chat_messages(model, messages),
+                                truncate=field(data, "truncate", bool, True))
+    head = '{"model":' + dumps(name) + ',"created_at":"'
+
+    def chunk_line(text: str) -> str:
+        return (head + created() + '","message":{"role":"assistant","content":' + dumps(text)
+                + '},"done":false}\n')
+
+    def final(text: str, done: p.Done) -> dict[str, Any]:
+        return {"model": name, "created_at": created(),
+                "message": {"role": "assistant", "content": text},
+                "done": True, **_final_metrics(job, done)}
+
+    return await _stream_or_collect(stream, field(data, "stream", bool, True), chunk_line, final)
+
+
+# --- embeddings ------------------------------------------------------------------------------
+
+
+def _floats(raw: bytes) -> list[float]:
+    values = array("f")
+    values.frombytes(raw)
+    return values.tolist()
+
+
+def _cut(vector: list[float], dimensions: int | None) -> list[float]:
+    if not dimensions or dimensions >= len(vector):
+        return vector
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(v * v for v in head)) or 1.0
+    return [v / norm for v in head]
+
+
+async def embed(request: Request) -> Response:
+    data = await read_json(request)
+    inference = _inference(request)
+    name = data.get("model")
+    model = inference.model(name)
+    raw_input = data.get("input")
+    if raw_input is None or raw_input == "":
+        inputs: list[str] = []
+    elif isinstance(raw_input, str):
+        inputs = [raw_input]
+    elif isinstance(raw_input, list) and all(isinstance(x, str) for x in raw_input):
+        inputs = raw_input
+    else:
+        raise BadRequest("invalid input type")
+    dimensions = field(data, "dimensions", int)
+    if dimensions is not None and dimensions <= 0:
+        raise BadRequest("dimensions must be a positive integer")
+    job = inference.job(model, data.get("options"), data.get("keep_alive"))
+    if not inputs:
+        await inference.load_only(job)
+        return json_response({"model": name, "embeddings": []})
+    result = await inference.embed(job, inputs, truncate=field(data, "truncate", bool, True),
+                                   normalize=True)
+    return json_response({
+        "model": name,
+        "embeddings": [_cut(_floats(v), dimensions) for v in result.vectors],
+        "total_duration": job.total_duration(),
+        "load_duration": job.load_duration,
+        "prompt_eval_count": result.prompt_eval_count,
+    })
+
+
+async def embeddings_legacy(request: Request) -> Response:
+    data = await read_json(request)
+    inference = _inference(request)
+    model = inference.model(data.get("model"))
+    prompt = field(data, "prompt", str, "")
+    job = inference.job(model, data.get("options"), data.get("keep_alive"))
+    if not prompt:
+        await inference.load_only(job)
+        return json_response({"embedding": []})
+    result = await inference.embed(job, [prompt], truncate=True, normalize=False)
+    return json_response({"embedding": _floats(result.vectors[0])})
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+async def tags(request: Request) -> Response:
+    store = _inference(request).store
+    return json_response({"models": [tags_entry(m) for m in store.list()]})
+
+
+async def show(request: Request) -> Response:
+    data = await read_json(request)
+    inference = _inference(request)
+    name = data.get("model") or data.get("name")
+    if not name or not isinstance(name, str):
+        raise BadRequest("model is required")
+    model = inference.store.get(name)
+    body = show_response(inference.store, model, verbose=field(data, "verbose", bool, False))
+    return json_response(body)
+
+
+async def ps(request: Request) -> Response:
+    models = []
+    for entry in _inference(request).pool.running():
+        ready = entry.ready
+        model = entry.model
+        models.append({
+            "name": entry.name,
+            "model": entry.name,
+            "size": ready.model_bytes + ready.kv_bytes,
+            "digest": model.digest,
+            "details": model_details(model),
+            "expires_at": rfc3339_nano(_expiry_ns(entry.expires_at)),
+            "size_vram": 0 if ready.device == "cpu" else ready.model_bytes + ready.kv_bytes,
+            "context_length": ready.n_ctx,
+        })
+    return json_response({"models": models})
+
+
+def _expiry_ns(expires_at: float) -> int:
+    if math.isinf(expires_at):  # forever: a date ~292 years ahead, as Ollama shows it
+        return int((time.time() + _FOREVER_SECONDS) * 1e9)
+    return int(expires_at * 1e9)
+
+
+_FOREVER_SECONDS = 292 * 365 * 86400
+
+
+async def copy(request: Request) -> Response:
+    data = await read_json(request)
+    source, destination = data.get("source"), data.get("destination")
+    if not source or not isinstance(source, str):
+        raise BadRequest("source is required")
+    if not destination or not isinstance(destination, str):
+        raise BadRequest("destination is required")
+    _inference(request).store.copy(source, destination)
+    return Response(status_code=200)
+
+
+async def delete(request: Request) -> Response:
+    data = await read_json(request)
+    name = data.get("model") or data.get("name")
+    if not name or not isinstance(name, str):
+        raise BadRequest("model is required")
+    _inference(request).store.delete(name)
+    return Response(status_code=200)
+
+
+async def version(request: Request) -> Response:
+    return json_response({"version": OLLAMA_COMPAT_VERSION, "corral": __version__})
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+routes = [
+    Route("/", root, methods=["GET", "HEAD"]),
+    Route("/api/version", version, methods=["GET", "HEAD"]),
+    Route("/api/tags", tags, methods=["GET", "HEAD"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/embed", embed, methods=["POST"]),
+    Route("/api/embeddings", embeddings_legacy, methods=["POST"]),
+    Route("/api/copy", copy, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+]

@@ -1,0 +1,59 @@
+"""`corral serve`: read settings, import the bundled model, serve the app with Hypercorn."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import signal
+import sys
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from gateway.app import create_app
+from registry.bundled import import_bundled_model
+from registry.store import Store
+from shared.config import Settings
+from shared.errors import ConfigError
+
+log = logging.getLogger("corral")
+
+
+def _configure_logging(debug: int) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _serve(settings: Settings, store: Store) -> None:
+    app = create_app(settings, store)
+    config = Config()
+    host = settings.host.host
+    config.bind = [f"[{host}]:{settings.host.port}" if ":" in host else
+                   f"{host}:{settings.host.port}"]
+    config.accesslog = "-" if settings.debug else None
+    config.errorlog = "-"
+    config.keep_alive_timeout = 75
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    atexit.register(app.state.pool.kill_all)  # belt and braces: never leave a runner behind
+    log.info("corral listening on %s (models in %s)", settings.host.url, settings.models)
+    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def serve_forever(settings: Settings | None = None) -> int:
+    try:
+        settings = settings or Settings.from_env()
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    _configure_logging(settings.debug)
+    store = Store(settings.models)
+    name = import_bundled_model(store)
+    if name is not None:
+        log.info("bundled model %s is ready", name)
+    asyncio.run(_serve(settings, store))
+    return 0

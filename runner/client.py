@@ -1,0 +1,217 @@
+"""The gateway's handle on one runner process: start it, talk to it, notice when it dies.
+
+One asyncio DEALER socket per runner carries every request; a reader task routes each reply to
+the queue of the request with that id. A watcher task awaits the process: if it exits, every
+request in flight gets a clear error at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from shared import protocol as p
+from shared.errors import CorralError, RunnerError
+
+log = logging.getLogger("corral.runner")
+
+HEALTH_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+_zctx: zmq.asyncio.Context | None = None
+
+
+def _context() -> zmq.asyncio.Context:
+    global _zctx
+    if _zctx is None:
+        _zctx = zmq.asyncio.Context()
+    return _zctx
+
+
+class RunnerProcess:
+    """A runner subprocess and the requests in flight on it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, name: str, load: p.Load, runtime_dir: Path, *, debug: bool = False) -> None:
+        self.name = name
+        self.load = load
+        self.endpoint = f"ipc://{runtime_dir}/runner-{os.getpid()}-{next(self._ids)}.sock"
+        self.debug = debug
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready: p.Ready | None = None
+        self.dead: str | None = None  # why it stopped, once it has
+        self._sock: zmq.asyncio.Socket | None = None
+        self._pending: dict[int, asyncio.Queue[p.Message]] = {}
+        self._load_reply: asyncio.Future[p.Message] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._request_ids = itertools.count(1)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.dead is None
+
+    async def start(self, timeout: float) -> p.Ready:
+        env = dict(os.environ)
+        env["CORRAL_RUNNER_LOG"] = "DEBUG" if self.debug else "WARNING"
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runner.worker", "--socket", self.endpoint,
+            stdin=asyncio.subprocess.DEVNULL, env=env,
+        )
+        sock = _context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)  # queues until the runner binds
+        self._sock = sock
+        loop = asyncio.get_running_loop()
+        self._load_reply = loop.create_future()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
+        await sock.send(p.encode(self.load))
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(self._load_reply), timeout)
+        except TimeoutError:
+            await self.stop()
+            raise RunnerError(
+                f"timed out after {timeout:.0f}s waiting for the model to load") from None
+        if isinstance(reply, p.Error):
+            await self.stop()
+            raise RunnerError(f"failed to load model: {reply.message}")
+        assert isinstance(reply, p.Ready)
+        self.ready = reply
+        return reply
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                frame = await self._sock.recv()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            message = p.decode(frame)
+            rid = p.request_id(message)
+            if rid == 0 and self._load_reply and not self._load_reply.done():
+                self._load_reply.set_result(message)
+            elif (queue := self._pending.get(rid)) is not None:
+                queue.put_nowait(message)
+
+    async def _watch(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self.dead is None:
+            self.dead = f"runner process terminated unexpectedly (exit code {code})"
+            log.warning("%s: %s", self.name, self.dead)
+        error = p.Error(0, self.dead)
+        if self._load_reply and not self._load_reply.done():
+            self._load_reply.set_result(error)
+        for queue in self._pending.values():
+            queue.put_nowait(error)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def _send(self, message: p.Message) -> None:
+        if not self.alive or self._sock is None:
+            raise RunnerError(self.dead or "runner is not running")
+        await self._sock.send(p.encode(message))
+
+    def _open(self) -> tuple[int, asyncio.Queue[p.Message]]:
+        rid = next(self._request_ids)
+        queue: asyncio.Queue[p.Message] = asyncio.Queue()
+        self._pending[rid] = queue
+        return rid, queue
+
+    async def _call(self, message: p.Message, queue: asyncio.Queue[p.Message], rid: int,
+                    timeout: float | None = None) -> p.Message:
+        try:
+            await self._send(message)
+            reply = await asyncio.wait_for(queue.get(), timeout)
+        finally:
+            self._pending.pop(rid, None)
+        if isinstance(reply, p.Error):
+            raise CorralError(reply.message, reply.status)
+        return reply
+
+    async def generate(self, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:
+        """Stream a generation. Leaving the loop early cancels the sequence in the runner."""
+        rid, queue = self._open()
+        request.id = rid
+        finished = False
+        try:
+            await self._send(request)
+            while True:
+                message = await queue.get()
+                if isinstance(message, p.Chunk):
+                    yield message
+                elif isinstance(message, p.Done):
+                    finished = True
+                    yield message
+                    return
+                elif isinstance(message, p.Error):
+                    finished = True
+                    raise CorralError(message.message, message.status)
+        finally:
+            self._pending.pop(rid, None)
+            if not finished and self.alive:
+                with contextlib.suppress(zmq.ZMQError, RunnerError):
+                    await self._send(p.Cancel(rid))
+
+    async def embed(self, inputs: list[str], *, truncate: bool, normalize: bool) -> p.Embeddings:
+        rid, queue = self._open()
+        reply = await self._call(p.Embed(rid, inputs, truncate, normalize), queue, rid)
+        assert isinstance(reply, p.Embeddings)
+        return reply
+
+    async def tokenize(self, text: str) -> list[int]:
+        rid, queue = self._open()
+        reply = await self._call(p.Tokenize(rid, text), queue, rid)
+        assert isinstance(reply, p.Tokens)
+        return reply.tokens
+
+    async def health(self, timeout: float = HEALTH_TIMEOUT) -> bool:
+        """False when the runner does not answer in time; the pool then treats it as dead."""
+        rid, queue = self._open()
+        try:
+            await self._call(p.Health(rid), queue, rid, timeout)
+        except (TimeoutError, CorralError):
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Ask the runner to exit; kill it if it does not within STOP_TIMEOUT."""
+        if self.dead is None:
+            self.dead = "runner was stopped"
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            if self._sock is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    await self._sock.send(p.encode(p.Shutdown()))
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        path = self.endpoint.removeprefix("ipc://")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def kill_now(self) -> None:
+        """Last resort at interpreter exit: no awaiting, just SIGKILL by PID."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()

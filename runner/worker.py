@@ -1,0 +1,158 @@
+"""A runner process: one loaded model, serving the gateway over a ZeroMQ ROUTER socket.
+
+Started by the gateway as `python -m runner.worker --socket ipc://...`. It binds, waits for `Load`,
+loads the model, answers `Ready`, then runs a busy loop: drain every waiting message without
+blocking, run one engine step if there is work, send what the step produced. An idle runner
+blocks in poll instead of spinning. It exits on `Shutdown`, on SIGTERM, or when its parent dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+import zmq
+
+from runner.engine import Engine, LoadError
+from shared import protocol as p
+from shared.errors import CorralError
+
+log = logging.getLogger("corral.runner")
+
+_PR_SET_PDEATHSIG = 1
+_IDLE_POLL_MS = 1000
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the gateway dies, so no runner is ever orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class Worker:
+    def __init__(self, endpoint: str) -> None:
+        self.zctx = zmq.Context.instance()
+        self.sock = self.zctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.bind(endpoint)
+        self.peer: bytes | None = None
+        self.engine: Engine | None = None
+        self.running = True
+        self.parent = os.getppid()
+
+    def send(self, message: p.Message) -> None:
+        if self.peer is not None:
+            self.sock.send_multipart([self.peer, p.encode(message)])
+
+    def receive(self, timeout_ms: int) -> list[p.Message]:
+        messages: list[p.Message] = []
+        if not self.sock.poll(timeout_ms):
+            return messages
+        while True:
+            try:
+                peer, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return messages
+            self.peer = peer
+            try:
+                messages.append(p.decode(frame))
+            except (ValueError, TypeError) as exc:
+                log.error("dropping a malformed message: %s", exc)
+
+    def run(self) -> None:
+        while self.running:
+            engine = self.engine
+            busy = engine is not None and engine.busy
+            for message in self.receive(0 if busy else _IDLE_POLL_MS):
+                self.handle(message)
+            if self.engine is not None and self.engine.busy:
+                for out in self.engine.step():
+                    self.send(out)
+            elif os.getppid() != self.parent:
+                return  # the gateway is gone
+
+    def handle(self, message: p.Message) -> None:
+        engine = self.engine
+        match message:
+            case p.Load():
+                self.load(message)
+            case p.Shutdown():
+                self.running = False
+            case p.Health(id=rid):
+                active = engine.active if engine else 0
+                queued = len(engine.queue) if engine else 0
+                self.send(p.HealthReply(rid, active, queued))
+            case _ if engine is None:
+                self.send(p.Error(p.request_id(message), "model is not loaded"))
+            case p.Generate():
+                self.guard(message.id, engine.submit, message)
+            case p.Cancel(id=rid):
+                engine.cancel(rid)
+            case p.Embed():
+                self.guard(message.id, lambda m: self.send(engine.embed(m)), message)
+            case p.Tokenize():
+                self.guard(message.id,
+                           lambda m: self.send(p.Tokens(m.id, engine.tokenize(
+                               m.text, add_special=m.add_special))), message)
+            case _:
+                log.error("unexpected message %r", message)
+
+    def guard(self, request_id: int, fn, message: p.Message) -> None:  # noqa: ANN001
+        try:
+            fn(message)
+        except CorralError as exc:
+            self.send(p.Error(request_id, exc.message, exc.status))
+        except Exception as exc:  # the runner must outlive one bad request
+            log.exception("request %s failed", request_id)
+            self.send(p.Error(request_id, f"runner error: {exc}"))
+
+    def load(self, message: p.Load) -> None:
+        try:
+            engine = Engine(message)
+        except (LoadError, OSError, ValueError) as exc:
+            self.send(p.Error(0, str(exc)))
+            self.running = False
+            return
+        self.engine = engine
+        self.send(p.Ready(
+            pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
+            parallel=engine.parallel, model_bytes=engine.model_bytes, kv_bytes=engine.kv_bytes(),
+            device="cpu",
+        ))
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.sock.close(linger=500)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="corral-runner")
+    parser.add_argument("--socket", required=True, help="ipc:// endpoint to bind")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("CORRAL_RUNNER_LOG", "WARNING"),
+                        format="runner %(process)d %(levelname)s %(message)s", stream=sys.stderr)
+    _die_with_parent()
+    worker = Worker(args.socket)
+
+    def stop(signum: int, frame: object) -> None:
+        worker.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the gateway, which stops us
+    try:
+        worker.run()
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Settings read once from the environment, with Ollama's variable names and defaults.
+
+`Settings.from_env()` is the one place that reads OLLAMA_* variables. A malformed value raises
+ConfigError naming the variable and the form it expects, so `corral serve` can stop with it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+DEFAULT_KEEP_ALIVE = 300.0  # 5m
+FOREVER = math.inf
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Parse a Go duration ("5m", "1h30m", "-1m", "300ms", "0") into seconds."""
+    s = text.strip()
+    sign = 1.0
+    if s[:1] in "+-":
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError(f"invalid duration {text!r}")
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if not m:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total
+
+
+def keep_alive_seconds(value: object, *, allow_bare_string_number: bool = False) -> float:
+    """Ollama's keep_alive: a number of seconds or a Go duration; negative means forever.
+
+    Returns seconds, `FOREVER` (inf) for negative values. Raises ValueError on a bad value.
+    A bare numeric string ("3600") is only accepted where Ollama accepts it (the env variable).
+    """
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a number or a duration string")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        stripped = value.strip()
+        if allow_bare_string_number and re.fullmatch(r"[+-]?\d+(\.\d+)?", stripped):
+            seconds = float(stripped)
+        else:
+            seconds = parse_go_duration(stripped)
+    else:
+        raise ValueError("keep_alive must be a number or a duration string")
+    if math.isnan(seconds):
+        raise ValueError("keep_alive must be a number")
+    return FOREVER if seconds < 0 else seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as Go prints a duration ("5m0s"), or "-1" for forever."""
+    if seconds == FOREVER:
+        return "-1"
+    whole = int(seconds)
+    h, rem = divmod(whole, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def client_url(self) -> str:
+        """The URL a client should use: unspecified bind addresses mean this machine."""
+        if self.host in ("0.0.0.0", "::", ""):
+            return HostAddress(self.scheme, DEFAULT_HOST, self.port).url
+        return self.url
+
+
+def parse_host(value: str | None) -> HostAddress:
+    """OLLAMA_HOST forms: "", "host", "host:port", ":port", "scheme://host[:port]", "[::1]:port"."""
+    text = (value or "").strip().strip("\"'")
+    if not text:
+        return HostAddress("http", DEFAULT_HOST, DEFAULT_PORT)
+    scheme, default_port = "http", DEFAULT_PORT
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"unsupported scheme {scheme!r}")
+        default_port = 443 if scheme == "https" else 80
+    text = text.split("/", 1)[0]
+    parts = urlsplit(f"//{text}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid port in {value!r}") from exc
+    host = parts.hostname or DEFAULT_HOST
+    if text.endswith(":") or (port is None and text.count(":") == 1 and not text.startswith("[")):
+        raise ValueError(f"invalid port in {value!r}")
+    return HostAddress(scheme, host, port if port is not None else default_port)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected a boolean (true/false/1/0)")
+
+
+def _parse_int(name: str, raw: str, *, minimum: int | None = None) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={raw!r}: expected an integer >= {minimum}")
+    return value
+
+
+_SIZE_SUFFIXES = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+                  "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _parse_bytes(name: str, raw: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", raw)
+    if not m or m.group(2).lower() not in _SIZE_SUFFIXES:
+        raise ConfigError(f"{name}={raw!r}: expected a byte count such as 536870912 or 512MiB")
+    return int(float(m.group(1)) * _SIZE_SUFFIXES[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `corral serve` and the CLI read from the environment."""
+
+    host: HostAddress = field(default_factory=lambda: parse_host(None))
+    origins: tuple[str, ...] = ()
+    models: Path = field(default_factory=lambda: Path.home() / ".ollama" / "models")
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    load_timeout: float = 300.0
+    num_parallel: int = 0  # 0 = decide automatically
+    max_loaded_models: int = 0  # 0 = 3 x max(number of GPUs, 1)
+    max_queue: int = 512
+    context_length: int = 0  # 0 = by memory tier (4096 below 23 GiB of VRAM)
+    flash_attention: bool | None = None  # None = llama.cpp decides
+    kv_cache_type: str = "f16"
+    llm_library: str = ""
+    gpu_overhead: int = 0
+    debug: int = 0
+    noprune: bool = False
+    cuda_visible_devices: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            return env.get(name, "").strip().strip("\"'")
+
+        kwargs: dict[str, object] = {}
+        try:
+            kwargs["host"] = parse_host(get("OLLAMA_HOST"))
+        except ValueError as exc:
+            raise ConfigError(
+                f"OLLAMA_HOST: {exc}; expected [scheme://]host[:port], e.g. 127.0.0.1:11434"
+            ) from None
+        if raw := get("OLLAMA_ORIGINS"):
+            kwargs["origins"] = tuple(o.strip() for o in raw.split(",") if o.strip())
+        if raw := get("OLLAMA_MODELS"):
+            kwargs["models"] = Path(raw).expanduser()
+        durations = (("OLLAMA_KEEP_ALIVE", "keep_alive"), ("OLLAMA_LOAD_TIMEOUT", "load_timeout"))
+        for var, key in durations:
+            if raw := get(var):
+                try:
+                    kwargs[key] = keep_alive_seconds(raw, allow_bare_string_number=True)
+                except ValueError:
+                    raise ConfigError(
+                        f"{var}={raw!r}: expected a duration such as 5m, 1h30m, 300s, "
+                        "a number of seconds, or a negative value for forever"
+                    ) from None
+        if raw := get("OLLAMA_NUM_PARALLEL"):
+            kwargs["num_parallel"] = _parse_int("OLLAMA_NUM_PARALLEL", raw, minimum=0)
+        if raw := get("OLLAMA_MAX_LOADED_MODELS"):
+            kwargs["max_loaded_models"] = _parse_int("OLLAMA_MAX_LOADED_MODELS", raw, minimum=0)
+        if raw := get("OLLAMA_MAX_QUEUE"):
+            kwargs["max_queue"] = _parse_int("OLLAMA_MAX_QUEUE", raw, minimum=1)
+        if raw := get("OLLAMA_CONTEXT_LENGTH"):
+            kwargs["context_length"] = _parse_int("OLLAMA_CONTEXT_LENGTH", raw, minimum=0)
+        if raw := get("OLLAMA_FLASH_ATTENTION"):
+            kwargs["flash_attention"] = _parse_bool("OLLAMA_FLASH_ATTENTION", raw)
+        if raw := get("OLLAMA_KV_CACHE_TYPE"):
+            if raw.lower() not in KV_CACHE_TYPES:
+                raise ConfigError(
+                    f"OLLAMA_KV_CACHE_TYPE={raw!r}: expected one of {', '.join(KV_CACHE_TYPES)}"
+                )
+            kwargs["kv_cache_type"] = raw.lower()
+        if raw := get("OLLAMA_LLM_LIBRARY"):
+            kwargs["llm_library"] = raw.lower()
+        if raw := get("OLLAMA_GPU_OVERHEAD"):
+            kwargs["gpu_overhead"] = _parse_bytes("OLLAMA_GPU_OVERHEAD", raw)
+        if raw := get("OLLAMA_DEBUG"):
+            lowered = raw.lower()
+            if lowered in ("true", "t", "yes", "on"):
+                kwargs["debug"] = 1
+            elif lowered in ("false", "f", "no", "off"):
+                kwargs["debug"] = 0
+            else:
+                kwargs["debug"] = _parse_int("OLLAMA_DEBUG", raw, minimum=0)
+        if raw := get("OLLAMA_NOPRUNE"):
+            kwargs["noprune"] = _parse_bool("OLLAMA_NOPRUNE", raw)
+        if "CUDA_VISIBLE_DEVICES" in env:
+            kwargs["cuda_visible_devices"] = tuple(
+                d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()
+            )
+        # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.llm_library == "cpu" or self.cuda_visible_devices == ("-1",)

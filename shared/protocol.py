@@ -1,0 +1,190 @@
+"""Typed messages between the gateway and a runner process, framed with msgpack over ZeroMQ.
+
+The gateway holds one DEALER socket per runner; the runner binds a ROUTER on an ipc path in a
+private runtime directory. Every request carries its own id, so many requests can be in flight on
+one connection and replies are routed back by id. A stream is cancelled with a `Cancel` message.
+
+On the wire a message is a msgpack array: `[tag, field1, field2, ...]` in dataclass field order.
+Arrays are smaller and faster to pack than maps, and the tags keep the format explicit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+# --- gateway -> runner -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Load:
+    """Load the model; the runner answers `Ready` or `Error` (id 0)."""
+
+    TAG: ClassVar[int] = 1
+    model_path: str
+    num_ctx: int
+    num_batch: int = 512
+    num_gpu: int = -1  # layers to offload; -1 = all that the device has room for, 0 = CPU
+    main_gpu: int = 0
+    use_mmap: bool = True
+    num_thread: int = 0  # 0 = llama.cpp's choice
+    parallel: int = 1
+    flash_attention: bool | None = None
+    kv_cache_type: str = "f16"
+
+
+@dataclass(slots=True)
+class Generate:
+    """Generate text for `prompt` (already rendered) or for `messages` (rendered by the runner)."""
+
+    TAG: ClassVar[int] = 2
+    id: int
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    truncate: bool = True
+    context: list[int] | None = None  # token ids from an earlier /api/generate reply, prepended
+
+
+@dataclass(slots=True)
+class Cancel:
+    """Stop the sequence `id` (the client went away); the runner frees its slot at once."""
+
+    TAG: ClassVar[int] = 3
+    id: int
+
+
+@dataclass(slots=True)
+class Embed:
+    TAG: ClassVar[int] = 4
+    id: int
+    inputs: list[str]
+    truncate: bool = True
+    normalize: bool = True
+
+
+@dataclass(slots=True)
+class Tokenize:
+    TAG: ClassVar[int] = 5
+    id: int
+    text: str
+    add_special: bool = True
+
+
+@dataclass(slots=True)
+class Health:
+    TAG: ClassVar[int] = 6
+    id: int
+
+
+@dataclass(slots=True)
+class Shutdown:
+    TAG: ClassVar[int] = 7
+
+
+# --- runner -> gateway -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Ready:
+    TAG: ClassVar[int] = 20
+    pid: int
+    n_ctx: int  # per-sequence context length actually granted
+    n_ctx_train: int
+    parallel: int
+    model_bytes: int  # bytes of weights (llama_model_size)
+    kv_bytes: int  # bytes of KV cache (estimated from the model shape)
+    device: str  # "cpu" or e.g. "cuda:0"
+
+
+@dataclass(slots=True)
+class Chunk:
+    """New text for request `id`; per-token messages stay tiny."""
+
+    TAG: ClassVar[int] = 21
+    id: int
+    text: str
+
+
+@dataclass(slots=True)
+class Done:
+    TAG: ClassVar[int] = 22
+    id: int
+    done_reason: str  # "stop" | "length"
+    prompt_eval_count: int
+    prompt_eval_duration: int  # ns
+    eval_count: int
+    eval_duration: int  # ns
+    context: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens served from the KV cache
+
+
+@dataclass(slots=True)
+class Error:
+    TAG: ClassVar[int] = 23
+    id: int
+    message: str
+    status: int = 500
+
+
+@dataclass(slots=True)
+class Embeddings:
+    TAG: ClassVar[int] = 24
+    id: int
+    vectors: list[bytes]  # little-endian float32 arrays
+    prompt_eval_count: int
+
+
+@dataclass(slots=True)
+class Tokens:
+    TAG: ClassVar[int] = 25
+    id: int
+    tokens: list[int]
+
+
+@dataclass(slots=True)
+class HealthReply:
+    TAG: ClassVar[int] = 26
+    id: int
+    active: int
+    queued: int
+
+
+Message = (
+    Load | Generate | Cancel | Embed | Tokenize | Health | Shutdown
+    | Ready | Chunk | Done | Error | Embeddings | Tokens | HealthReply
+)
+
+_BY_TAG: dict[int, type] = {
+    cls.TAG: cls
+    for cls in (Load, Generate, Cancel, Embed, Tokenize, Health, Shutdown,
+                Ready, Chunk, Done, Error, Embeddings, Tokens, HealthReply)
+}
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+# Field names per class, computed once (dataclasses.astuple deep-copies, too slow per token).
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in _BY_TAG.values()
+}
+
+
+def encode(message: Message) -> bytes:
+    return _packer.pack([message.TAG, *(getattr(message, n) for n in _FIELDS[type(message)])])
+
+
+def decode(frame: bytes) -> Message:
+    tag, *fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    try:
+        cls = _BY_TAG[tag]
+    except KeyError:
+        raise ValueError(f"unknown message tag {tag!r}") from None
+    return cls(*fields)
+
+
+def request_id(message: Message) -> int:
+    """The request a reply belongs to; 0 for connection-level messages."""
+    return getattr(message, "id", 0)
