@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from gateway.http import dumps, field, first_and_rest, json_response, ndjson, read_json
 from gateway.inference import Inference, Job, check_messages
+from registry.names import ModelName
 from registry.show import show_response
 from registry.store import model_details, tags_entry
 from registry.timefmt import rfc3339_nano
@@ -263,7 +264,7 @@ async def show(request: Request) -> Response:
     name = data.get("model") or data.get("name")
     if not name or not isinstance(name, str):
         raise BadRequest("model is required")
-    model = inference.store.get(name)
+    model = inference.store.get(name, error_name=ModelName.parse(name).display())
     body = show_response(inference.store, model, verbose=field(data, "verbose", bool, False))
     return json_response(body)
 
