@@ -1,0 +1,128 @@
+"""Single-stream decode speed: llama-cpp-python in-process vs. corral's engine vs. the server.
+
+    .venv/bin/python -m tests.bench [--runs 3] [--tokens 128]
+
+Same model (the bundled Gemma 3 270M), same ~250-token prompt, greedy, same thread count.
+In-process llama-cpp-python is the floor our overhead is measured from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from registry.bundled import import_bundled_model
+from registry.store import Store
+from tests.conftest import start_server
+
+PROMPT = (
+    "The history of the river town begins with a ferry crossing, a market square and a mill. "
+    "Over two centuries the town grew along the water, adding warehouses, a stone bridge, a "
+    "railway station and a small university. Each generation left its mark: merchants built "
+    "tall houses with carved doors, engineers drained the marshes to the south, and teachers "
+    "opened schools in the old granaries. Visitors today walk the towpath, cross the bridge at "
+    "sunset and read the names of the boats painted on the harbour wall. The town archive "
+    "keeps letters, maps and ledgers that describe floods, fairs, fires and festivals. In the "
+    "long winter of the great frost the river froze so hard that carts crossed the ice, and "
+    "the townspeople held a market in the middle of the stream."
+)
+
+
+def measure(stream: Iterator[float]) -> tuple[float, float, int]:
+    """(time to first token s, decode tokens/s after the first, tokens) from token arrival times."""
+    start = time.perf_counter()
+    stamps = list(stream)
+    if len(stamps) < 2:
+        return float("nan"), float("nan"), len(stamps)
+    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
+
+
+def llama_cpp_in_process(model_path: str, tokens: int) -> Callable[[], Iterator[float]]:
+    import os
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path, n_ctx=4096, n_threads=os.cpu_count(), n_batch=512, verbose=False)
+
+    def run() -> Iterator[float]:
+        for _ in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
+            yield time.perf_counter()
+    return run
+
+
+def corral_engine(model_path: str, tokens: int) -> Callable[[], Iterator[float]]:
+    from runner.engine import Engine
+    from shared import protocol as p
+
+    engine = Engine(p.Load(model_path, num_ctx=4096))
+    ids = iter(range(1, 10**9))
+
+    def run() -> Iterator[float]:
+        engine.submit(p.Generate(next(ids), prompt=PROMPT,
+                                 options={"temperature": 0, "num_predict": tokens}))
+        while engine.busy:
+            for message in engine.step():
+                if isinstance(message, p.Chunk):
+                    yield time.perf_counter()
+    return run
+
+
+def corral_server(url: str, tokens: int) -> Callable[[], Iterator[float]]:
+    body = {"model": "gemma3:270m", "prompt": PROMPT, "raw": True,
+            "options": {"temperature": 0, "num_predict": tokens, "num_ctx": 4096}}
+
+    def run() -> Iterator[float]:
+        with httpx.stream("POST", url + "/api/generate", json=body, timeout=300) as reply:
+            for line in reply.iter_lines():
+                if not json.loads(line)["done"]:
+                    yield time.perf_counter()
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    console = Console()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        store = Store(models)
+        import_bundled_model(store)
+        model_path = str(store.get("gemma3:270m").model_path)
+        server = start_server(models, Path(tmp) / "serve.log")
+        try:
+            httpx.post(server.url + "/api/generate", json={"model": "gemma3:270m"}, timeout=120)
+            contenders = {
+                "llama-cpp-python in-process (floor)": llama_cpp_in_process(model_path, args.tokens),
+                "corral engine in-process": corral_engine(model_path, args.tokens),
+                "corral server, /api/generate stream": corral_server(server.url, args.tokens),
+            }
+            table = Table(title=f"Gemma 3 270M Q4_K_M, ~250-token prompt, {args.tokens} new "
+                                f"tokens, greedy, median of {args.runs}")
+            for column in ("path", "first token (ms)", "decode tok/s", "tokens"):
+                table.add_column(column, justify="right" if column != "path" else "left")
+            for name, run in contenders.items():
+                measure(run())  # warm-up (and prefix cache primed the same way for everyone)
+                results = [measure(run()) for _ in range(args.runs)]
+                table.add_row(name,
+                              f"{statistics.median(r[0] for r in results) * 1000:.0f}",
+                              f"{statistics.median(r[1] for r in results):.1f}",
+                              str(results[0][2]))
+        finally:
+            server.stop()
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
