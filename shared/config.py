@@ -39,7 +39,7 @@ def parse_go_duration(text: str) -> float:
     """Parse a Go duration ("5m", "1h30m", "-1m", "300ms", "0") into seconds."""
     s = text.strip()
     sign = 1.0
-    if s[:1] in "+-":
+    if s[:1] in ("+", "-"):
         sign = -1.0 if s[0] == "-" else 1.0
         s = s[1:]
     if s == "0":

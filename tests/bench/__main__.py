@@ -103,8 +103,9 @@ def main() -> None:
         server = start_server(models, Path(tmp) / "serve.log")
         try:
             httpx.post(server.url + "/api/generate", json={"model": "gemma3:270m"}, timeout=120)
+            floor = llama_cpp_in_process(model_path, args.tokens)
             contenders = {
-                "llama-cpp-python in-process (floor)": llama_cpp_in_process(model_path, args.tokens),
+                "llama-cpp-python in-process (floor)": floor,
                 "corral engine in-process": corral_engine(model_path, args.tokens),
                 "corral server, /api/generate stream": corral_server(server.url, args.tokens),
             }

@@ -1,0 +1,48 @@
+"""The gateway/runner wire format round-trips every message type."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared import protocol as p
+
+MESSAGES = [
+    p.Load("/m.gguf", 4096, 512, -1, 0, True, 0, 2, None, "q8_0"),
+    p.Generate(7, None, [{"role": "user", "content": "hi"}], {"temperature": 0.0}, False, [1, 2]),
+    p.Cancel(7),
+    p.Embed(8, ["a", "b"], True, False),
+    p.Tokenize(9, "text", False),
+    p.Health(10),
+    p.Shutdown(),
+    p.Ready(123, 4096, 32768, 1, 10, 20, "cpu"),
+    p.Chunk(7, "héllo"),
+    p.Done(7, "stop", 5, 100, 3, 200, [1, 2, 3], 2),
+    p.Error(7, "boom", 400),
+    p.Embeddings(8, [b"\x00\x00\x80?"], 3),
+    p.Tokens(9, [1, 2]),
+    p.HealthReply(10, 1, 0),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: p.Message) -> None:
+    assert p.decode(p.encode(message)) == message
+
+
+def test_tags_are_unique() -> None:
+    tags = [type(m).TAG for m in MESSAGES]
+    assert len(tags) == len(set(tags))
+
+
+def test_request_id() -> None:
+    assert p.request_id(p.Chunk(5, "x")) == 5
+    assert p.request_id(p.Shutdown()) == 0
+
+
+def test_unknown_tag_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        p.decode(b"\x92\x7f\x00")  # [127, 0]
+
+
+def test_token_chunks_stay_small() -> None:
+    assert len(p.encode(p.Chunk(123456, " the"))) < 16
