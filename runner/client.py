@@ -24,7 +24,7 @@ from shared.errors import CorralError, RunnerError
 
 log = logging.getLogger("corral.runner")
 
-HEALTH_TIMEOUT = 10.0
+HEALTH_TIMEOUT = 30.0  # one long prefill or embedding step may hold a reply this long
 STOP_TIMEOUT = 5.0
 
 _zctx: zmq.asyncio.Context | None = None

@@ -137,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-runner")
     parser.add_argument("--socket", required=True, help="ipc:// endpoint to bind")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("CORRAL_RUNNER_LOG", "WARNING"),
-                        format="runner %(process)d %(levelname)s %(message)s", stream=sys.stderr)
+    level = os.environ.get("CORRAL_RUNNER_LOG", "WARNING")
+    logging.basicConfig(level=level, format="runner %(process)d %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    # llama.cpp's own log lines go through this logger; keep them for OLLAMA_DEBUG only.
+    logging.getLogger("llama-cpp-python").setLevel(
+        logging.DEBUG if level == "DEBUG" else logging.ERROR)
     _die_with_parent()
     worker = Worker(args.socket)
 
