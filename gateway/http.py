@@ -50,16 +50,6 @@ def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     return value
 
 
-async def first_and_rest(stream: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
-    """Await the first item before answering, so errors before any output get a real status."""
-    try:
-        first = await anext(stream)
-    except BaseException:
-        await stream.aclose()
-        raise
-    return first, stream
-
-
 def ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(_encode(lines), media_type=NDJSON_TYPE)
 

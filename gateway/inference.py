@@ -7,7 +7,9 @@ nothing in this module knows about either wire format.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +19,7 @@ from registry.store import LocalModel, Store
 from runner.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
 from shared.config import Settings, keep_alive_seconds
-from shared.errors import BadRequest
+from shared.errors import BadRequest, CorralError
 
 Message = dict[str, Any]
 
@@ -71,6 +73,52 @@ def check_messages(raw: Any) -> list[Message]:
     return messages
 
 
+class Generation:
+    """A started generation: its first message has arrived, so a failure before any output
+    (unknown model, load error, prompt too long) raises before the HTTP status is sent."""
+
+    def __init__(self, first: p.Chunk | p.Done, rest: AsyncIterator[p.Chunk | p.Done]) -> None:
+        self._first: p.Chunk | p.Done | None = first
+        self._rest = rest
+
+    @classmethod
+    async def start(cls, stream: AsyncIterator[p.Chunk | p.Done]) -> Generation:
+        try:
+            first = await anext(stream)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return cls(first, stream)
+
+    async def __aiter__(self) -> AsyncIterator[p.Chunk | p.Done]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for message in self._rest:
+            yield message
+
+    async def collect(self) -> tuple[str, p.Done]:
+        """All the text and the final message, for non-streaming replies."""
+        parts: list[str] = []
+        async for message in self:
+            if isinstance(message, p.Done):
+                return "".join(parts), message
+            parts.append(message.text)
+        raise CorralError("the runner ended the stream without a final message")
+
+
+def vector(raw: bytes, dimensions: int | None = None) -> list[float]:
+    """A runner's float32 vector as floats, cut to `dimensions` and re-normalised if asked."""
+    values = array("f")
+    values.frombytes(raw)
+    floats = values.tolist()
+    if not dimensions or dimensions >= len(floats):
+        return floats
+    head = floats[:dimensions]
+    norm = math.sqrt(sum(v * v for v in head)) or 1.0
+    return [v / norm for v in head]
+
+
 class Inference:
     def __init__(self, settings: Settings, store: Store, pool: RunnerPool) -> None:
         self.settings = settings
@@ -113,9 +161,12 @@ class Inference:
 
     async def generate(self, job: Job, *, prompt: str | None = None,
                        messages: list[Message] | None = None, truncate: bool = True,
-                       context: list[int] | None = None) -> AsyncIterator[p.Chunk | p.Done]:
+                       context: list[int] | None = None) -> Generation:
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context)
+        return await Generation.start(self._stream(job, request))
+
+    async def _stream(self, job: Job, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:
         async with self.lease(job) as entry:
             stream = entry.runner.generate(request)
             try:
@@ -124,13 +175,13 @@ class Inference:
             finally:
                 await stream.aclose()  # cancels the sequence in the runner if we stop early
 
-    async def load_only(self, job: Job) -> None:
-        """Empty prompt: load the model (or keep it loaded) and return."""
+    async def load_or_unload(self, job: Job) -> str:
+        """An empty prompt loads the model (keep_alive 0: unloads it); the done_reason."""
+        if job.keep_alive == 0:
+            await self.pool.unload(job.key)
+            return "unload"
         async with self.lease(job):
-            pass
-
-    async def unload(self, job: Job) -> None:
-        await self.pool.unload(job.key)
+            return "load"
 
     async def embed(self, job: Job, inputs: list[str], *, truncate: bool, normalize: bool
                     ) -> p.Embeddings:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from array import array
+
 import openai
 import pytest
 
@@ -63,3 +66,24 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 def test_empty_messages_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_completion_and_stream(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=MODEL, prompt="The capital of France is",
+                                      max_tokens=8, temperature=0, seed=1)
+    assert reply.object == "text_completion" and reply.choices[0].text.strip()
+    assert reply.usage.completion_tokens == 8 and reply.choices[0].finish_reason == "length"
+    chunks = list(client.completions.create(model=MODEL, prompt="The capital of France is",
+                                            max_tokens=8, temperature=0, seed=1, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == reply.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
+    floats = client.embeddings.create(model=MODEL, input=["hello", "world"])
+    assert [d.index for d in floats.data] == [0, 1] and len(floats.data[0].embedding) == 640
+    assert floats.usage.prompt_tokens > 0
+    # Asked for explicitly, base64 comes back as a string of little-endian float32s.
+    encoded = client.embeddings.create(model=MODEL, input="hello", encoding_format="base64")
+    decoded = array("f", base64.b64decode(encoded.data[0].embedding)).tolist()
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from array import array
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import dumps, field, first_and_rest, json_response, ndjson, read_json
-from gateway.inference import Inference, Job, check_messages
+from gateway.http import dumps, field, json_response, ndjson, read_json
+from gateway.inference import Generation, Inference, Job, check_messages, vector
 from registry.names import ModelName
 from registry.show import show_response
 from registry.store import model_details, tags_entry
@@ -48,8 +47,8 @@ def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
         raise BadRequest(f'"{model_name}" does not support thinking')
 
 
-async def _stream_or_collect(
-    stream: AsyncIterator[p.Chunk | p.Done],
+async def _reply(
+    generation: Generation,
     want_stream: bool,
     chunk_line: Callable[[str], str],
     final: Callable[[str, p.Done], dict[str, Any]],
@@ -59,19 +58,13 @@ async def _stream_or_collect(
     `chunk_line(text)` frames one delta; `final(all_text, done)` builds the closing object,
     where all_text is "" when streaming (the deltas already went out).
     """
-    first, rest = await first_and_rest(stream)
     if not want_stream:
-        parts: list[str] = []
-        message = first
-        async for message in _chain(first, rest):
-            if isinstance(message, p.Chunk):
-                parts.append(message.text)
-        assert isinstance(message, p.Done)
-        return json_response(final("".join(parts), message))
+        text, done = await generation.collect()
+        return json_response(final(text, done))
 
     async def lines() -> AsyncIterator[str]:
         try:
-            async for message in _chain(first, rest):
+            async for message in generation:
                 if isinstance(message, p.Chunk):
                     yield chunk_line(message.text)
                 else:
@@ -80,12 +73,6 @@ async def _stream_or_collect(
             yield dumps({"error": exc.message}) + "\n"
 
     return ndjson(lines())
-
-
-async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 # --- generate and chat -----------------------------------------------------------------------
@@ -113,24 +100,20 @@ async def generate(request: Request) -> Response:
     created = rfc3339_nano
 
     if not prompt:
-        if job.keep_alive == 0:
-            await inference.unload(job)
-            reason = "unload"
-        else:
-            await inference.load_only(job)
-            reason = "load"
+        reason = await inference.load_or_unload(job)
         return json_response({"model": name, "created_at": created(), "response": "",
                               "done": True, "done_reason": reason})
 
     truncate = field(data, "truncate", bool, True)
     if raw:
-        stream = inference.generate(job, prompt=prompt, truncate=truncate)
+        generation = await inference.generate(job, prompt=prompt, truncate=truncate)
     else:
         messages = [{"role": "user", "content": prompt}]
         sys_text = system if system is not None else model.system
         if sys_text:
             messages.insert(0, {"role": "system", "content": sys_text})
-        stream = inference.generate(job, messages=messages, context=context, truncate=truncate)
+        generation = await inference.generate(job, messages=messages, context=context,
+                                              truncate=truncate)
 
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
@@ -144,7 +127,7 @@ async def generate(request: Request) -> Response:
             body["context"] = done.context
         return body
 
-    return await _stream_or_collect(stream, field(data, "stream", bool, True), chunk_line, final)
+    return await _reply(generation, field(data, "stream", bool, True), chunk_line, final)
 
 
 async def chat(request: Request) -> Response:
@@ -162,18 +145,13 @@ async def chat(request: Request) -> Response:
     created = rfc3339_nano
 
     if not messages:
-        if job.keep_alive == 0:
-            await inference.unload(job)
-            reason = "unload"
-        else:
-            await inference.load_only(job)
-            reason = "load"
+        reason = await inference.load_or_unload(job)
         return json_response({"model": name, "created_at": created(),
                               "message": {"role": "assistant", "content": ""},
                               "done": True, "done_reason": reason})
 
-    stream = inference.generate(job, messages=inference.chat_messages(model, messages),
-                                truncate=field(data, "truncate", bool, True))
+    generation = await inference.generate(job, messages=inference.chat_messages(model, messages),
+                                          truncate=field(data, "truncate", bool, True))
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
     def chunk_line(text: str) -> str:
@@ -185,24 +163,10 @@ async def chat(request: Request) -> Response:
                 "message": {"role": "assistant", "content": text},
                 "done": True, **_final_metrics(job, done)}
 
-    return await _stream_or_collect(stream, field(data, "stream", bool, True), chunk_line, final)
+    return await _reply(generation, field(data, "stream", bool, True), chunk_line, final)
 
 
 # --- embeddings ------------------------------------------------------------------------------
-
-
-def _floats(raw: bytes) -> list[float]:
-    values = array("f")
-    values.frombytes(raw)
-    return values.tolist()
-
-
-def _cut(vector: list[float], dimensions: int | None) -> list[float]:
-    if not dimensions or dimensions >= len(vector):
-        return vector
-    head = vector[:dimensions]
-    norm = math.sqrt(sum(v * v for v in head)) or 1.0
-    return [v / norm for v in head]
 
 
 async def embed(request: Request) -> Response:
@@ -224,13 +188,13 @@ async def embed(request: Request) -> Response:
         raise BadRequest("dimensions must be a positive integer")
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     if not inputs:
-        await inference.load_only(job)
+        await inference.load_or_unload(job)
         return json_response({"model": name, "embeddings": []})
     result = await inference.embed(job, inputs, truncate=field(data, "truncate", bool, True),
                                    normalize=True)
     return json_response({
         "model": name,
-        "embeddings": [_cut(_floats(v), dimensions) for v in result.vectors],
+        "embeddings": [vector(v, dimensions) for v in result.vectors],
         "total_duration": job.total_duration(),
         "load_duration": job.load_duration,
         "prompt_eval_count": result.prompt_eval_count,
@@ -244,10 +208,10 @@ async def embeddings_legacy(request: Request) -> Response:
     prompt = field(data, "prompt", str, "")
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     if not prompt:
-        await inference.load_only(job)
+        await inference.load_or_unload(job)
         return json_response({"embedding": []})
     result = await inference.embed(job, [prompt], truncate=True, normalize=False)
-    return json_response({"embedding": _floats(result.vectors[0])})
+    return json_response({"embedding": vector(result.vectors[0])})
 
 
 # --- models ----------------------------------------------------------------------------------

@@ -9,16 +9,16 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import AsyncIterator
+from array import array
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.http import dumps, field, first_and_rest, json_response, read_json
-from gateway.inference import Inference, check_messages
-from gateway.routes.ollama import _chain, _cut, _floats
+from gateway.http import dumps, field, json_response, read_json
+from gateway.inference import Generation, Inference, check_messages, vector
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError, NotFound
 
@@ -90,6 +90,28 @@ def _sse(obj: Any) -> str:
     return "data: " + dumps(obj) + "\n\n"
 
 
+def _sse_reply(generation: Generation, chunk_event: Callable[[str, bool], str],
+               done_events: Callable[[p.Done], list[dict[str, Any]]]) -> StreamingResponse:
+    """Server-sent events: one per chunk (`chunk_event(text, first)`), the closing events, and
+    `data: [DONE]`. A failure midway becomes an OpenAI error event."""
+
+    async def events() -> AsyncIterator[bytes]:
+        first = True
+        try:
+            async for message in generation:
+                if isinstance(message, p.Chunk):
+                    yield chunk_event(message.text, first).encode()
+                    first = False
+                else:
+                    for event in done_events(message):
+                        yield _sse(event).encode()
+        except CorralError as exc:
+            yield _sse(error_body(exc.status, exc.message)).encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 async def chat_completions(request: Request) -> Response:
     data = await read_json(request)
     inference = _inference(request)
@@ -99,54 +121,35 @@ async def chat_completions(request: Request) -> Response:
     if data.get("tools"):
         raise BadRequest(f"{model.name.full()} does not support tools")
     job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    stream = inference.generate(job, messages=inference.chat_messages(model, messages))
-    completion_id = f"chatcmpl-{secrets.randbelow(999)}"
-    created = int(time.time())
-    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-            "model": name, "system_fingerprint": FINGERPRINT}
-    first, rest = await first_and_rest(stream)
+    generation = await inference.generate(job,
+                                          messages=inference.chat_messages(model, messages))
+    base = {"id": f"chatcmpl-{secrets.randbelow(999)}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
 
     if not field(data, "stream", bool, False):
-        parts: list[str] = []
-        message = first
-        async for message in _chain(first, rest):
-            if isinstance(message, p.Chunk):
-                parts.append(message.text)
-        assert isinstance(message, p.Done)
+        text, done = await generation.collect()
         return json_response({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": name,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0,
-                         "message": {"role": "assistant", "content": "".join(parts)},
-                         "finish_reason": _finish_reason(message)}],
-            "usage": _usage(message),
+            **base, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": _finish_reason(done)}],
+            "usage": _usage(done),
         }, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-    prefix = dumps(base)[:-1] + ',"choices":[{"index":0,"delta":'
+    prefix = "data: " + dumps(base)[:-1] + ',"choices":[{"index":0,"delta":'
 
-    async def events() -> AsyncIterator[bytes]:
-        role_sent = False
-        try:
-            async for message in _chain(first, rest):
-                if isinstance(message, p.Chunk):
-                    delta = {"content": message.text}
-                    if not role_sent:
-                        delta = {"role": "assistant", **delta}
-                        role_sent = True
-                    yield ("data: " + prefix + dumps(delta)
-                           + ',"finish_reason":null}]}\n\n').encode()
-                else:
-                    yield _sse({**base, "choices": [{"index": 0, "delta": {},
-                                                     "finish_reason": _finish_reason(message)}]}
-                               ).encode()
-                    if include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(message)}).encode()
-        except CorralError as exc:
-            yield _sse(error_body(exc.status, exc.message)).encode()
-        yield b"data: [DONE]\n\n"
+    def chunk_event(text: str, first: bool) -> str:
+        delta = {"role": "assistant", "content": text} if first else {"content": text}
+        return prefix + dumps(delta) + ',"finish_reason":null}]}\n\n'
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    def done_events(done: p.Done) -> list[dict[str, Any]]:
+        events = [{**base, "choices": [{"index": 0, "delta": {},
+                                        "finish_reason": _finish_reason(done)}]}]
+        if include_usage:
+            events.append({**base, "choices": [], "usage": _usage(done)})
+        return events
+
+    return _sse_reply(generation, chunk_event, done_events)
 
 
 async def completions(request: Request) -> Response:
@@ -158,39 +161,19 @@ async def completions(request: Request) -> Response:
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
     job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    stream = inference.generate(job, prompt=prompt)
-    completion_id = f"cmpl-{secrets.randbelow(999)}"
-    created = int(time.time())
-    base = {"id": completion_id, "object": "text_completion", "created": created, "model": name,
-            "system_fingerprint": FINGERPRINT}
-    first, rest = await first_and_rest(stream)
+    generation = await inference.generate(job, prompt=prompt)
+    base = {"id": f"cmpl-{secrets.randbelow(999)}", "object": "text_completion",
+            "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
+
+    def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {**base, "choices": [{"text": text, "index": 0, "finish_reason": finish_reason}]}
 
     if not field(data, "stream", bool, False):
-        parts: list[str] = []
-        message = first
-        async for message in _chain(first, rest):
-            if isinstance(message, p.Chunk):
-                parts.append(message.text)
-        assert isinstance(message, p.Done)
-        return json_response({**base, "choices": [{"text": "".join(parts), "index": 0,
-                                                   "finish_reason": _finish_reason(message)}],
-                              "usage": _usage(message)}, media_type=JSON)
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            async for message in _chain(first, rest):
-                if isinstance(message, p.Chunk):
-                    yield _sse({**base, "choices": [{"text": message.text, "index": 0,
-                                                     "finish_reason": None}]}).encode()
-                else:
-                    yield _sse({**base, "choices": [{"text": "", "index": 0,
-                                                     "finish_reason": _finish_reason(message)}]}
-                               ).encode()
-        except CorralError as exc:
-            yield _sse(error_body(exc.status, exc.message)).encode()
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+        text, done = await generation.collect()
+        return json_response({**choice(text, _finish_reason(done)), "usage": _usage(done)},
+                             media_type=JSON)
+    return _sse_reply(generation, lambda text, _: _sse(choice(text, None)),
+                      lambda done: [choice("", _finish_reason(done))])
 
 
 async def embeddings(request: Request) -> Response:
@@ -213,12 +196,11 @@ async def embeddings(request: Request) -> Response:
     result = await inference.embed(job, inputs, truncate=True, normalize=True)
     items = []
     for index, raw in enumerate(result.vectors):
-        vector = _cut(_floats(raw), dimensions)
+        floats = vector(raw, dimensions)
         if encoding == "base64":
-            from array import array
-            value: Any = base64.b64encode(array("f", vector).tobytes()).decode()
+            value: Any = base64.b64encode(array("f", floats).tobytes()).decode()
         else:
-            value = vector
+            value = floats
         items.append({"object": "embedding", "embedding": value, "index": index})
     return json_response({"object": "list", "data": items, "model": name,
                           "usage": {"prompt_tokens": result.prompt_eval_count,
