@@ -86,3 +86,15 @@ def test_no_runner_survives_server_sigkill(fresh_server: LiveServer) -> None:
     fresh_server.proc.kill()
     fresh_server.proc.wait()
     assert _gone(runner)  # the runner asked the kernel for SIGTERM when its parent dies
+
+
+def test_keep_alive_expiry_unloads_idle_runner(fresh_server: LiveServer) -> None:
+    reply = httpx.post(fresh_server.url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "Hi", "stream": False, "keep_alive": "1s",
+        "options": {"num_predict": 2}})
+    assert reply.status_code == 200
+    [runner] = fresh_server.runner_pids()
+    expires = httpx.get(fresh_server.url + "/api/ps").json()["models"][0]["expires_at"]
+    assert expires.endswith("Z")
+    assert _gone(runner, timeout=15)
+    assert httpx.get(fresh_server.url + "/api/ps").json() == {"models": []}
