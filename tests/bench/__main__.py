@@ -80,8 +80,10 @@ def corral_server(url: str, tokens: int) -> Callable[[], Iterator[float]]:
     body = {"model": "gemma3:270m", "prompt": PROMPT, "raw": True,
             "options": {"temperature": 0, "num_predict": tokens, "num_ctx": 4096}}
 
+    client = httpx.Client(timeout=300)  # one kept-alive connection, as the ollama client does
+
     def run() -> Iterator[float]:
-        with httpx.stream("POST", url + "/api/generate", json=body, timeout=300) as reply:
+        with client.stream("POST", url + "/api/generate", json=body) as reply:
             for line in reply.iter_lines():
                 if not json.loads(line)["done"]:
                     yield time.perf_counter()
