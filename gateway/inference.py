@@ -161,9 +161,10 @@ class Inference:
 
     async def generate(self, job: Job, *, prompt: str | None = None,
                        messages: list[Message] | None = None, truncate: bool = True,
-                       context: list[int] | None = None) -> Generation:
+                       context: list[int] | None = None, format_: Any = None,
+                       shift: bool = True) -> Generation:
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
-                             context)
+                             context, format_ or None, shift)
         return await Generation.start(self._stream(job, request))
 
     async def _stream(self, job: Job, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:

@@ -14,6 +14,9 @@ from shared.config import Settings
 from shared.errors import BadRequest
 
 DEFAULT_NUM_CTX = 4096  # Ollama's tier for machines with under 23 GiB of VRAM, CPU included
+# Slots per runner when OLLAMA_NUM_PARALLEL is unset (Ollama's old automatic choice on the CPU;
+# the supervisor will lower it when memory is short).
+DEFAULT_PARALLEL = 4
 
 # name -> (type, default). `None` default = unset (decided elsewhere).
 OPTION_TYPES: dict[str, tuple[type, Any]] = {
@@ -93,7 +96,7 @@ def load_request(path: str, options: dict[str, Any], settings: Settings, n_ctx_t
         main_gpu=options["main_gpu"],
         use_mmap=options["use_mmap"],
         num_thread=options["num_thread"],
-        parallel=settings.num_parallel or 1,
+        parallel=settings.num_parallel or DEFAULT_PARALLEL,
         flash_attention=settings.flash_attention,
         kv_cache_type=settings.kv_cache_type,
     )

@@ -1,20 +1,22 @@
-"""The model inside a runner process: llama.cpp through llama-cpp-python's low-level API.
+"""The model inside a runner process: continuous batching on llama.cpp's low-level API.
 
-`Engine.step()` is one turn of the runner's busy loop: it builds one batch holding the next token
-of every generating sequence (and the next chunk of any prompt still being read), decodes it, and
-samples each sequence's next token, all heavy work in C. Requests beyond the free slots wait in a
-first-come-first-served queue. A finished or cancelled sequence frees its slot at once and leaves
-its tokens in the KV cache, so a later prompt with the same prefix only evaluates the rest.
+`Engine.step()` is one turn of the runner's busy loop. It builds one batch holding the next token
+of every generating sequence, then fills what room is left with chunks of prompts still being
+read (small chunks while others are generating, so a long prompt never freezes their streams),
+decodes it, and samples each sequence's next token with its own sampler chain; the heavy work is
+all in C. Requests beyond the free slots wait in a first-come-first-served queue.
+
+Each slot remembers the tokens its KV cache holds. A new request takes the free slot sharing the
+longest prefix with its prompt and evaluates only the rest; a finished or cancelled sequence frees
+its slot at once and leaves its tokens cached for the next request.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
-import math
+import itertools
 import os
 import time
-from array import array
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,13 +24,17 @@ from typing import Any
 
 import llama_cpp
 
+from runner.embedding import Embedder
+from runner.grammar import grammar_for
 from runner.prompt import render_messages
 from runner.sampling import build_sampler, uses_penalties
+from runner.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
 
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream
 
 
 class LoadError(Exception):
@@ -37,12 +43,15 @@ class LoadError(Exception):
 
 @dataclass
 class Sequence:
-    """One generation request while it owns a slot."""
+    """One generation request, queued or owning a slot."""
 
     request_id: int
     prompt: list[int]
     options: dict[str, Any]
-    stops: tuple[str, ...]
+    text: TextStream
+    grammar: str | None = None
+    shift: bool = True
+    num_predict: int = -1
     slot: int = -1
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     n_past: int = 0  # tokens of this sequence in the KV cache
@@ -50,11 +59,8 @@ class Sequence:
     sampler: Any = None
     generated: list[int] = field(default_factory=list)
     last_token: int = -1
-    held: str = ""  # text held back: it could be the start of a stop string
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     started_ns: int = 0
     first_token_ns: int = 0
-    num_predict: int = -1
 
 
 @dataclass
@@ -62,25 +68,16 @@ class Slot:
     index: int
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this seq id
     sequence: Sequence | None = None
+    last_used: int = 0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing chars of `text` could still grow into a stop string."""
-    keep = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), keep, -1):
-            if text.endswith(stop[:k]):
-                keep = k
-                break
-    return keep
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class Engine:
@@ -92,10 +89,7 @@ class Engine:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = load.num_gpu if load.num_gpu >= 0 else -1
         mparams.main_gpu = load.main_gpu
-        if hasattr(mparams, "load_mode"):
-            mparams.load_mode = 1 if load.use_mmap else 0
-        else:  # older bindings
-            mparams.use_mmap = load.use_mmap
+        mparams.load_mode = 1 if load.use_mmap else 0  # LLAMA_LOAD_MODE_MMAP / NONE
         model = llama_cpp.llama_model_load_from_file(load.model_path.encode(), mparams)
         if not model:
             raise LoadError(f"failed to load model {load.model_path}")
@@ -115,12 +109,10 @@ class Engine:
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = min(load.num_batch, self.n_batch)
         cparams.n_seq_max = self.parallel
-        cparams.n_threads = self.n_threads
-        cparams.n_threads_batch = self.n_threads
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.no_perf = True
-        if hasattr(cparams, "kv_unified"):
-            cparams.kv_unified = False  # each slot gets its own num_ctx
-        if load.flash_attention is not None and hasattr(cparams, "flash_attn_type"):
+        cparams.kv_unified = False  # each slot owns num_ctx of the cache
+        if load.flash_attention is not None:
             cparams.flash_attn_type = 1 if load.flash_attention else 0
         cparams.type_k = cparams.type_v = _KV_TYPES.get(load.kv_cache_type, 1)
         ctx = llama_cpp.llama_init_from_model(model, cparams)
@@ -129,6 +121,7 @@ class Engine:
             raise LoadError("failed to create the llama.cpp context (out of memory?)")
         self.ctx = ctx
         self.memory = llama_cpp.llama_get_memory(ctx)
+        self.can_shift = bool(self.memory) and llama_cpp.llama_memory_can_shift(self.memory)
         self.n_ctx = llama_cpp.llama_n_ctx(ctx) // self.parallel
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 
@@ -140,8 +133,8 @@ class Engine:
 
         self.slots = [Slot(i) for i in range(self.parallel)]
         self.queue: deque[Sequence] = deque()
-        self._next_slot = 0  # round-robin start, so no slot starves when the batch is full
-        self._embed_ctx: Any = None
+        self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
+        self._embedder: Embedder | None = None
 
     # --- model facts --------------------------------------------------------------------------
 
@@ -181,15 +174,13 @@ class Engine:
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:
+        """A token's bytes, looked up in C once per token id and then cached."""
         cached = self._piece_cache.get(token)
         if cached is None:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
             cached = self._piece_buf.raw[:n] if n > 0 else b""
             self._piece_cache[token] = cached
         return cached
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def _special_text(self, token: int) -> str:
         if token < 0:
@@ -200,46 +191,40 @@ class Engine:
 
     # --- requests -----------------------------------------------------------------------------
 
+    def _render(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
+        rendered = render_messages(messages, chat_template=self.chat_template,
+                                   family=self.architecture, bos_token=self.bos_text,
+                                   eos_token=self.eos_text)
+        return self.tokenize(rendered.text), rendered.stops
+
     def prompt_tokens(self, request: p.Generate) -> tuple[list[int], tuple[str, ...]]:
-        """Tokens for the request, and the stop strings its prompt format implies."""
+        """Tokens for the request (fitted to the context), and its format's stop strings."""
+        limit = self.n_ctx - 1
         stops: tuple[str, ...] = ()
         if request.messages is not None:
-            rendered = render_messages(
-                request.messages, chat_template=self.chat_template, family=self.architecture,
-                bos_token=self.bos_text, eos_token=self.eos_text,
-            )
-            text, stops = rendered.text, rendered.stops
+            messages = list(request.messages)
+            tokens, stops = self._render(messages)
+            # Like Ollama: drop the oldest non-system messages until the prompt fits; system
+            # messages and the newest message always stay.
+            while len(tokens) > limit and request.truncate:
+                droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
+                if not droppable:
+                    break
+                del messages[droppable[0]]
+                tokens, stops = self._render(messages)
         else:
-            text = request.prompt or ""
-        tokens = self.tokenize(text)
+            tokens = self.tokenize(request.prompt or "")
         if request.context:
-            # /api/generate's deprecated `context`: earlier tokens go first; our BOS stays at 0.
-            tokens = list(request.context) + tokens[1:] if tokens[:1] == request.context[:1] \
-                else list(request.context) + tokens
-        return tokens, stops
-
-    def submit(self, request: p.Generate) -> None:
-        """Queue a generation; raises CorralError for a request that cannot run."""
-        options = request.options
-        tokens, format_stops = self.prompt_tokens(request)
-        if not tokens:
-            raise BadRequest("the prompt is empty after tokenization")
-        limit = self.n_ctx - 1
+            # /api/generate's deprecated `context`: earlier tokens first, without a second BOS.
+            bos = llama_cpp.llama_vocab_bos(self.vocab)
+            tokens = list(request.context) + (tokens[1:] if tokens[:1] == [bos] else tokens)
         if len(tokens) > limit:
             if not request.truncate:
                 raise BadRequest(
                     f"the input length ({len(tokens)} tokens) exceeds the context length "
-                    f"({self.n_ctx} tokens)"
-                )
-            tokens = self._truncate(tokens, int(options.get("num_keep", 4)))
-        user_stops = options.get("stop") or []
-        if isinstance(user_stops, str):
-            user_stops = [user_stops]
-        stops = tuple(dict.fromkeys([*format_stops, *user_stops]))
-        self.queue.append(
-            Sequence(request.id, tokens, options, tuple(s for s in stops if s),
-                     num_predict=int(options.get("num_predict", -1)))
-        )
+                    f"({self.n_ctx} tokens)")
+            tokens = self._truncate(tokens, int(request.options.get("num_keep", 4)))
+        return tokens, stops
 
     def _truncate(self, tokens: list[int], num_keep: int) -> list[int]:
         """Keep the first num_keep tokens and the newest ones, leaving room to generate."""
@@ -247,6 +232,22 @@ class Engine:
             num_keep = self.n_ctx // 4
         keep_tail = max(1, self.n_ctx - num_keep - max((self.n_ctx - num_keep) // 2, 1))
         return tokens[:num_keep] + tokens[-keep_tail:]
+
+    def submit(self, request: p.Generate) -> None:
+        """Queue a generation; raises CorralError for a request that cannot run."""
+        options = request.options
+        tokens, format_stops = self.prompt_tokens(request)
+        if not tokens:
+            raise BadRequest("the prompt is empty after tokenization")
+        user_stops = options.get("stop") or []
+        if isinstance(user_stops, str):
+            user_stops = [user_stops]
+        stops = tuple(dict.fromkeys([*format_stops, *user_stops]))
+        self.queue.append(Sequence(
+            request.id, tokens, options, TextStream(stops),
+            grammar=grammar_for(request.format), shift=request.shift,
+            num_predict=int(options.get("num_predict", -1)),
+        ))
 
     def cancel(self, request_id: int) -> bool:
         for seq in self.queue:
@@ -269,30 +270,39 @@ class Engine:
 
     # --- the decode loop ----------------------------------------------------------------------
 
-    def _admit(self) -> None:
-        """Give queued sequences free slots, preferring the slot whose cache shares most."""
+    def _admit(self) -> list[p.Message]:
+        """Give queued sequences free slots: the one sharing most, else the least recently used."""
+        failed: list[p.Message] = []
         while self.queue:
             free = [s for s in self.slots if s.sequence is None]
             if not free:
-                return
+                break
             seq = self.queue.popleft()
-            slot = max(free, key=lambda s: _common_prefix(s.tokens, seq.prompt))
-            keep = min(_common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+            slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
+            keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
             if not llama_cpp.llama_memory_seq_rm(self.memory, slot.index, keep, -1):
-                # Some caches (sliding-window, recurrent) cannot drop a tail: start over.
+                # Some caches (recurrent ones) cannot drop a tail: start this slot over.
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
                 keep = 0
+            try:
+                seq.sampler = build_sampler(seq.options, n_vocab=self.n_vocab,
+                                            num_ctx=self.n_ctx, vocab=self.vocab,
+                                            grammar=seq.grammar)
+            except CorralError as exc:
+                failed.append(p.Error(seq.request_id, exc.message, exc.status))
+                continue
             slot.tokens = seq.prompt[:keep]
             slot.sequence = seq
+            slot.last_used = next(self._clock)
             seq.slot = slot.index
-            seq.n_past = keep
-            seq.cached = keep
+            seq.n_past = seq.cached = keep
             seq.pending = seq.prompt[keep:]
             seq.started_ns = time.perf_counter_ns()
-            seq.sampler = build_sampler(seq.options, n_vocab=self.n_vocab, num_ctx=self.n_ctx)
             if uses_penalties(seq.options):
-                for token in seq.prompt[-int(seq.options.get("repeat_last_n", 64) or 0):]:
+                last_n = int(seq.options.get("repeat_last_n", 64))
+                for token in seq.prompt[-last_n if last_n > 0 else 0:]:
                     llama_cpp.llama_sampler_accept(seq.sampler, token)
+        return failed
 
     def _release(self, slot: Slot) -> None:
         seq = slot.sequence
@@ -300,46 +310,55 @@ class Engine:
             llama_cpp.llama_sampler_free(seq.sampler)
             seq.sampler = None
         slot.sequence = None
+        slot.last_used = next(self._clock)
+
+    def _add(self, slot: Slot, tokens: list[int], want_logits: bool, n: int) -> int:
+        batch, seq = self.batch, slot.sequence
+        assert seq is not None
+        for j, token in enumerate(tokens):
+            batch.token[n + j] = token
+            batch.pos[n + j] = seq.n_past + j
+            batch.n_seq_id[n + j] = 1
+            batch.seq_id[n + j][0] = slot.index
+            batch.logits[n + j] = 0
+        n += len(tokens)
+        if want_logits:
+            batch.logits[n - 1] = 1
+        seq.n_past += len(tokens)
+        slot.tokens.extend(tokens)
+        return n
 
     def step(self) -> list[p.Message]:
         """Decode one batch for every active sequence; return the messages to send."""
-        self._admit()
-        batch = self.batch
-        n = 0
+        out = self._admit()
         wants: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
-        order = self.slots[self._next_slot:] + self.slots[:self._next_slot]
-        self._next_slot = (self._next_slot + 1) % len(self.slots)
-        for slot in order:
+        n = 0
+        decoding = [s for s in self.slots if s.sequence and not s.sequence.pending]
+        for slot in decoding:  # every generating sequence advances one token per step
+            assert slot.sequence is not None
+            n = self._add(slot, [slot.sequence.last_token], True, n)
+            wants.append((slot.sequence, n - 1))
+        budget = self.n_batch - n
+        if decoding:
+            budget = min(budget, PREFILL_CHUNK_WHILE_DECODING)
+        reading = sorted((s for s in self.slots if s.sequence and s.sequence.pending),
+                         key=lambda s: s.last_used)  # oldest admission first
+        for slot in reading:
             seq = slot.sequence
-            if seq is None or n >= self.n_batch:
-                continue
-            if seq.pending:
-                chunk = seq.pending[: self.n_batch - n]
-                seq.pending = seq.pending[len(chunk):]
-                last = not seq.pending
-            else:
-                chunk = [seq.last_token]
-                last = True
-            for j, token in enumerate(chunk):
-                batch.token[n] = token
-                batch.pos[n] = seq.n_past + j
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot.index
-                batch.logits[n] = 0
-                n += 1
-            seq.n_past += len(chunk)
-            slot.tokens.extend(chunk)
-            if last:
-                batch.logits[n - 1] = 1
+            assert seq is not None
+            if budget <= 0:
+                break
+            chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
+            budget -= len(chunk)
+            n = self._add(slot, chunk, not seq.pending, n)
+            if not seq.pending:
                 wants.append((seq, n - 1))
         if n == 0:
-            return []
-        batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self.ctx, batch)
+            return out
+        self.batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
         if rc != 0:
-            return self._fail_all(f"llama_decode failed with code {rc}")
-
-        out: list[p.Message] = []
+            return out + self._fail_all(f"llama_decode failed with code {rc}")
         for seq, index in wants:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, index)
             out.extend(self._on_token(seq, token))
@@ -354,31 +373,36 @@ class Engine:
             return
         seq.generated.append(token)
         seq.last_token = token
-        text = seq.held + seq.decoder.decode(self.piece(token))
-        for stop in seq.stops:
-            at = text.find(stop)
-            if at >= 0:
-                seq.held = ""
-                if at:
-                    yield p.Chunk(seq.request_id, text[:at])
-                yield from self._finish(seq, "stop", now, flush=False)
-                return
-        keep = _held_back(text, seq.stops) if seq.stops else 0
-        seq.held = text[len(text) - keep:] if keep else ""
-        if len(text) > keep:
-            yield p.Chunk(seq.request_id, text[: len(text) - keep])
-        if seq.num_predict >= 0 and len(seq.generated) >= seq.num_predict:
-            yield from self._finish(seq, "length", now)
-        elif seq.n_past + 1 >= self.n_ctx:
-            # Context full; shifting the context is the next engine's job.
+        text, stopped = seq.text.push(self.piece(token))
+        if text:
+            yield p.Chunk(seq.request_id, text)
+        if stopped:
+            yield from self._finish(seq, "stop", now)
+            return
+        predicted_all = 0 <= seq.num_predict <= len(seq.generated)
+        context_full = seq.n_past + 1 >= self.n_ctx and not self._shift(seq)
+        if predicted_all or context_full:
             yield from self._finish(seq, "length", now)
 
-    def _finish(self, seq: Sequence, reason: str, now: int, *, flush: bool = True
-                ) -> Iterator[p.Message]:
-        if flush:
-            rest = seq.held + seq.decoder.decode(b"", final=True)
-            if rest:
-                yield p.Chunk(seq.request_id, rest)
+    def _shift(self, seq: Sequence) -> bool:
+        """Context full: keep num_keep tokens, drop half of the rest, slide the remainder down."""
+        if not seq.shift or not self.can_shift:
+            return False
+        num_keep = int(seq.options.get("num_keep", 4))
+        if num_keep < 0 or num_keep >= seq.n_past - 1:
+            num_keep = min(len(seq.prompt), seq.n_past // 2)
+        discard = max((seq.n_past - num_keep) // 2, 1)
+        slot = self.slots[seq.slot]
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.index, num_keep, num_keep + discard)
+        llama_cpp.llama_memory_seq_add(self.memory, slot.index, num_keep + discard, -1, -discard)
+        del slot.tokens[num_keep:num_keep + discard]
+        seq.n_past -= discard
+        return True
+
+    def _finish(self, seq: Sequence, reason: str, now: int) -> Iterator[p.Message]:
+        rest = seq.text.flush()  # after a stop string this is empty: push() cleared it
+        if rest:
+            yield p.Chunk(seq.request_id, rest)
         yield p.Done(
             id=seq.request_id,
             done_reason=reason,
@@ -404,70 +428,19 @@ class Engine:
     # --- embeddings ---------------------------------------------------------------------------
 
     def embed(self, request: p.Embed) -> p.Embeddings:
-        """Mean-pooled (or model-declared) embeddings, one input per decode."""
-        ctx = self._embedding_context()
-        n_ctx = llama_cpp.llama_n_ctx(ctx)
-        mem = llama_cpp.llama_get_memory(ctx)
-        vectors: list[bytes] = []
-        total = 0
-        batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
-        try:
-            for text in request.inputs:
-                tokens = self.tokenize(text)
-                if len(tokens) > n_ctx:
-                    if not request.truncate:
-                        raise BadRequest("the input length exceeds the context length")
-                    tokens = tokens[:n_ctx]
-                total += len(tokens)
-                for j, token in enumerate(tokens):
-                    batch.token[j] = token
-                    batch.pos[j] = j
-                    batch.n_seq_id[j] = 1
-                    batch.seq_id[j][0] = 0
-                    batch.logits[j] = 1
-                batch.n_tokens = len(tokens)
-                if mem:
-                    llama_cpp.llama_memory_clear(mem, True)
-                rc = llama_cpp.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise CorralError(f"embedding failed: llama_decode returned {rc}")
-                ptr = llama_cpp.llama_get_embeddings_seq(ctx, 0)
-                if not ptr:
-                    raise CorralError("this model does not produce embeddings")
-                values = [float(ptr[i]) for i in range(self.n_embd)]
-                if any(math.isnan(v) or math.isinf(v) for v in values):
-                    raise CorralError("embedding contains NaN or Inf values")
-                if request.normalize:
-                    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-                    values = [v / norm for v in values]
-                vectors.append(array("f", values).tobytes())
-        finally:
-            llama_cpp.llama_batch_free(batch)
-        return p.Embeddings(request.id, vectors, total)
-
-    def _embedding_context(self) -> Any:
-        if self._embed_ctx is None:
-            cparams = llama_cpp.llama_context_default_params()
-            n_ctx = min(self.n_ctx, 8192)
-            cparams.n_ctx = n_ctx
-            cparams.n_batch = cparams.n_ubatch = n_ctx  # pooling needs the input in one ubatch
-            cparams.n_seq_max = 1
-            cparams.n_threads = cparams.n_threads_batch = self.n_threads
-            cparams.embeddings = True
-            if llama_cpp.llama_pooling_type(self.ctx) <= 0:  # none declared: mean-pool
-                cparams.pooling_type = 1
-            cparams.no_perf = True
-            ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-            if not ctx:
-                raise CorralError("failed to create an embedding context")
-            self._embed_ctx = ctx
-        return self._embed_ctx
+        if self._embedder is None:
+            self._embedder = Embedder(self.model, min(self.n_ctx, 8192), self.n_threads,
+                                      self.n_embd)
+        tokenized = [self.tokenize(text) for text in request.inputs]
+        vectors, count = self._embedder.embed(tokenized, truncate=request.truncate,
+                                              normalize=request.normalize)
+        return p.Embeddings(request.id, vectors, count)
 
     def close(self) -> None:
         for slot in self.slots:
             self._release(slot)
+        if self._embedder is not None:
+            self._embedder.close()
         llama_cpp.llama_batch_free(self.batch)
-        if self._embed_ctx is not None:
-            llama_cpp.llama_free(self._embed_ctx)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)

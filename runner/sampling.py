@@ -9,14 +9,15 @@ from typing import Any
 
 import llama_cpp
 
+from shared.errors import BadRequest
+
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
 
-def build_sampler(options: dict[str, Any], *, n_vocab: int, num_ctx: int) -> Any:
-    """A sampler chain in llama.cpp's usual order: penalties, top-k, typical, top-p, min-p, temp.
-
-    The caller owns the chain and frees it with `llama_sampler_free`.
-    """
+def build_sampler(options: dict[str, Any], *, n_vocab: int, num_ctx: int, vocab: Any = None,
+                  grammar: str | None = None) -> Any:
+    """A sampler chain in llama.cpp's usual order: penalties, grammar, top-k, typical, top-p,
+    min-p, temperature, then the final pick. The caller frees it with `llama_sampler_free`."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
 
@@ -28,6 +29,12 @@ def build_sampler(options: dict[str, Any], *, n_vocab: int, num_ctx: int) -> Any
     presence = float(options.get("presence_penalty", 0.0))
     if last_n and (repeat != 1.0 or frequency or presence):
         add(chain, _penalties(n_vocab, last_n, repeat, frequency, presence))
+    if grammar:
+        constraint = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not constraint:
+            llama_cpp.llama_sampler_free(chain)
+            raise BadRequest("the format's grammar could not be parsed")
+        add(chain, constraint)
 
     temperature = float(options.get("temperature", 0.8))
     if temperature <= 0:

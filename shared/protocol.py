@@ -46,6 +46,8 @@ class Generate:
     options: dict[str, Any] = field(default_factory=dict)
     truncate: bool = True
     context: list[int] | None = None  # token ids from an earlier /api/generate reply, prepended
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained sampling
+    shift: bool = True  # when the context fills: shift it (True) or stop with "length" (False)
 
 
 @dataclass(slots=True)

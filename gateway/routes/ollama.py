@@ -36,10 +36,22 @@ def _final_metrics(job: Job, done: p.Done) -> dict[str, Any]:
         "total_duration": job.total_duration(),
         "load_duration": job.load_duration,
         "prompt_eval_count": done.prompt_eval_count,
+        # corral's extra: how many of those prompt tokens came from the prefix cache.
+        "prompt_eval_cached_count": done.cached_tokens,
         "prompt_eval_duration": done.prompt_eval_duration,
         "eval_count": done.eval_count,
         "eval_duration": done.eval_duration,
     }
+
+
+def _format(data: dict[str, Any]) -> str | dict[str, Any] | None:
+    """`format`: "json" or a JSON schema object (checked again when it becomes a grammar)."""
+    value = data.get("format")
+    if value in (None, ""):
+        return None
+    if value != "json" and not isinstance(value, dict):
+        raise BadRequest('invalid format: expected "json" or a JSON schema object')
+    return value
 
 
 def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
@@ -91,8 +103,6 @@ async def generate(request: Request) -> Response:
         raise BadRequest("raw mode does not support template, system, or context")
     if data.get("suffix") and "insert" not in model.capabilities:
         raise BadRequest(f"{model.name.full()} does not support insert")
-    if data.get("format"):
-        raise BadRequest("structured outputs (format) are not supported yet")
     if data.get("images"):
         raise BadRequest(f'"{name}" does not support images')
     _check_think(name, model.capabilities, data.get("think"))
@@ -104,16 +114,16 @@ async def generate(request: Request) -> Response:
         return json_response({"model": name, "created_at": created(), "response": "",
                               "done": True, "done_reason": reason})
 
-    truncate = field(data, "truncate", bool, True)
+    limits = {"truncate": field(data, "truncate", bool, True),
+              "shift": field(data, "shift", bool, True), "format_": _format(data)}
     if raw:
-        generation = await inference.generate(job, prompt=prompt, truncate=truncate)
+        generation = await inference.generate(job, prompt=prompt, **limits)
     else:
         messages = [{"role": "user", "content": prompt}]
         sys_text = system if system is not None else model.system
         if sys_text:
             messages.insert(0, {"role": "system", "content": sys_text})
-        generation = await inference.generate(job, messages=messages, context=context,
-                                              truncate=truncate)
+        generation = await inference.generate(job, messages=messages, context=context, **limits)
 
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
@@ -138,8 +148,6 @@ async def chat(request: Request) -> Response:
     messages = check_messages(data.get("messages"))
     if data.get("tools"):
         raise BadRequest(f"{model.name.full()} does not support tools")
-    if data.get("format"):
-        raise BadRequest("structured outputs (format) are not supported yet")
     _check_think(name, model.capabilities, data.get("think"))
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
@@ -150,8 +158,9 @@ async def chat(request: Request) -> Response:
                               "message": {"role": "assistant", "content": ""},
                               "done": True, "done_reason": reason})
 
-    generation = await inference.generate(job, messages=inference.chat_messages(model, messages),
-                                          truncate=field(data, "truncate", bool, True))
+    generation = await inference.generate(
+        job, messages=inference.chat_messages(model, messages), format_=_format(data),
+        truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True))
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
     def chunk_line(text: str) -> str:

@@ -57,13 +57,32 @@ def _options(data: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _response_format(data: dict[str, Any]) -> str | dict[str, Any] | None:
+    """OpenAI's response_format as Ollama's format: "json" or the JSON schema."""
+    spec = data.get("response_format")
+    if spec is None:
+        return None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (spec.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be an object")
+        return schema
+    raise BadRequest("response_format.type must be text, json_object or json_schema")
+
+
 def _finish_reason(done: p.Done) -> str:
     return "length" if done.done_reason == "length" else "stop"
 
 
-def _usage(done: p.Done) -> dict[str, int]:
+def _usage(done: p.Done) -> dict[str, Any]:
     return {"prompt_tokens": done.prompt_eval_count, "completion_tokens": done.eval_count,
-            "total_tokens": done.prompt_eval_count + done.eval_count}
+            "total_tokens": done.prompt_eval_count + done.eval_count,
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
 
 
 def _text_messages(raw: Any) -> list[dict[str, Any]]:
@@ -121,8 +140,8 @@ async def chat_completions(request: Request) -> Response:
     if data.get("tools"):
         raise BadRequest(f"{model.name.full()} does not support tools")
     job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    generation = await inference.generate(job,
-                                          messages=inference.chat_messages(model, messages))
+    generation = await inference.generate(job, messages=inference.chat_messages(model, messages),
+                                          format_=_response_format(data))
     base = {"id": f"chatcmpl-{secrets.randbelow(999)}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
 
