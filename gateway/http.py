@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, CorralError
+
+T = TypeVar("T")
 
 JSON_TYPE = "application/json; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
@@ -57,3 +61,33 @@ def ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
 async def _encode(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
     async for line in lines:
         yield line.encode()
+
+
+class ClientDisconnected(CorralError):
+    status = 499  # nginx's "client closed request", as Ollama answers a cancelled request
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, but cancel it if the client goes away first.
+
+    Starlette notices a disconnect only while a streaming body is being sent; before the first
+    byte (a request waiting for a slot, or a non-streaming reply being collected) nothing would,
+    and the runner would go on generating for nobody.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, CorralError):
+        await task
+    raise ClientDisconnected("request canceled")
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

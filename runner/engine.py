@@ -27,7 +27,7 @@ import llama_cpp
 from runner.embedding import Embedder
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
-from runner.sampling import build_sampler, uses_penalties
+from runner.sampling import Sampler, uses_penalties
 from runner.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
@@ -56,7 +56,7 @@ class Sequence:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     n_past: int = 0  # tokens of this sequence in the KV cache
     cached: int = 0  # prompt tokens reused from the cache
-    sampler: Any = None
+    sampler: Sampler | None = None
     generated: list[int] = field(default_factory=list)
     last_token: int = -1
     started_ns: int = 0
@@ -243,10 +243,14 @@ class Engine:
         if isinstance(user_stops, str):
             user_stops = [user_stops]
         stops = tuple(dict.fromkeys([*format_stops, *user_stops]))
+        num_predict = int(options.get("num_predict", -1))
+        if num_predict == -2:  # fill the context
+            num_predict = max(self.n_ctx - len(tokens), 1)
+        elif num_predict < 0:  # "until stop": with context shift that could be forever
+            num_predict = 10 * self.n_ctx  # Ollama's cap
         self.queue.append(Sequence(
             request.id, tokens, options, TextStream(stops),
-            grammar=grammar_for(request.format), shift=request.shift,
-            num_predict=int(options.get("num_predict", -1)),
+            grammar=grammar_for(request.format), shift=request.shift, num_predict=num_predict,
         ))
 
     def cancel(self, request_id: int) -> bool:
@@ -285,9 +289,8 @@ class Engine:
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
                 keep = 0
             try:
-                seq.sampler = build_sampler(seq.options, n_vocab=self.n_vocab,
-                                            num_ctx=self.n_ctx, vocab=self.vocab,
-                                            grammar=seq.grammar)
+                seq.sampler = Sampler(seq.options, vocab=self.vocab, n_vocab=self.n_vocab,
+                                      num_ctx=self.n_ctx, grammar=seq.grammar)
             except CorralError as exc:
                 failed.append(p.Error(seq.request_id, exc.message, exc.status))
                 continue
@@ -300,14 +303,13 @@ class Engine:
             seq.started_ns = time.perf_counter_ns()
             if uses_penalties(seq.options):
                 last_n = int(seq.options.get("repeat_last_n", 64))
-                for token in seq.prompt[-last_n if last_n > 0 else 0:]:
-                    llama_cpp.llama_sampler_accept(seq.sampler, token)
+                seq.sampler.accept_prompt(seq.prompt[-last_n if last_n > 0 else 0:])
         return failed
 
     def _release(self, slot: Slot) -> None:
         seq = slot.sequence
         if seq is not None and seq.sampler is not None:
-            llama_cpp.llama_sampler_free(seq.sampler)
+            seq.sampler.free()
             seq.sampler = None
         slot.sequence = None
         slot.last_used = next(self._clock)
@@ -360,7 +362,8 @@ class Engine:
         if rc != 0:
             return out + self._fail_all(f"llama_decode failed with code {rc}")
         for seq, index in wants:
-            token = llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, index)
+            assert seq.sampler is not None
+            token = seq.sampler.sample(self.ctx, index)
             out.extend(self._on_token(seq, token))
         return out
 

@@ -29,6 +29,13 @@ def grammar_for(format_: Any) -> str | None:
     if not isinstance(format_, dict):
         raise BadRequest('invalid format: expected "json" or a JSON schema object')
     try:
-        return llama_grammar.json_schema_to_gbnf(json.dumps(format_))
+        grammar = llama_grammar.json_schema_to_gbnf(json.dumps(format_))
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot map
         raise BadRequest(f"invalid JSON schema in format: {exc}") from None
+    # The Python converter lets raw control characters into strings, which JSON forbids
+    # (llama.cpp's own converter excludes them); exclude them here too.
+    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+
+
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'

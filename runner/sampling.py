@@ -1,46 +1,53 @@
-"""Per-sequence llama.cpp sampler chains built from Ollama options.
+"""Per-sequence sampling: a llama.cpp sampler chain built from Ollama options, plus a grammar.
 
-The whole chain runs in C (`llama_sampler_sample`); Python only builds it once per request.
+Without a grammar, one `llama_sampler_sample` call does everything in C. With a grammar (format
+"json" or a schema) checking the grammar against every token of a 262k vocabulary would cost more
+than the decode itself, so we do what llama.cpp's own server does: sample without the grammar,
+test just that token against it, and only when it is rejected apply the grammar to the full
+vocabulary and sample again.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from shared.errors import BadRequest
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
-def build_sampler(options: dict[str, Any], *, n_vocab: int, num_ctx: int, vocab: Any = None,
-                  grammar: str | None = None) -> Any:
-    """A sampler chain in llama.cpp's usual order: penalties, grammar, top-k, typical, top-p,
-    min-p, temperature, then the final pick. The caller frees it with `llama_sampler_free`."""
+def uses_penalties(options: dict[str, Any]) -> bool:
+    return bool(options.get("repeat_last_n", 64)) and (
+        float(options.get("repeat_penalty", 1.0)) != 1.0
+        or bool(options.get("frequency_penalty", 0.0))
+        or bool(options.get("presence_penalty", 0.0))
+    )
+
+
+def build_chain(options: dict[str, Any], *, n_vocab: int, num_ctx: int) -> Any:
+    """A chain in llama.cpp's usual order: penalties, top-k, typical, top-p, min-p, temperature,
+    then the final pick (greedy at temperature 0)."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = llama_cpp.llama_sampler_chain_add
 
     last_n = int(options.get("repeat_last_n", 64))
     if last_n < 0:
         last_n = num_ctx
-    repeat = float(options.get("repeat_penalty", 1.0))
-    frequency = float(options.get("frequency_penalty", 0.0))
-    presence = float(options.get("presence_penalty", 0.0))
-    if last_n and (repeat != 1.0 or frequency or presence):
-        add(chain, _penalties(n_vocab, last_n, repeat, frequency, presence))
-    if grammar:
-        constraint = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not constraint:
-            llama_cpp.llama_sampler_free(chain)
-            raise BadRequest("the format's grammar could not be parsed")
-        add(chain, constraint)
+    if uses_penalties(options):
+        add(chain, _penalties(n_vocab, last_n, float(options.get("repeat_penalty", 1.0)),
+                              float(options.get("frequency_penalty", 0.0)),
+                              float(options.get("presence_penalty", 0.0))))
 
     temperature = float(options.get("temperature", 0.8))
     if temperature <= 0:
         add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
-
     top_k = int(options.get("top_k", 40))
     if top_k > 0:
         add(chain, llama_cpp.llama_sampler_init_top_k(top_k))
@@ -60,16 +67,73 @@ def build_sampler(options: dict[str, Any], *, n_vocab: int, num_ctx: int, vocab:
 
 
 def _penalties(n_vocab: int, last_n: int, repeat: float, frequency: float, presence: float) -> Any:
-    # 0.3.36's binding may or may not take n_vocab first, depending on the build; ask it.
+    # Some builds of the binding take n_vocab first, others not; ask it.
     init = llama_cpp.llama_sampler_init_penalties
     if len(init.argtypes or ()) == 5:
         return init(n_vocab, last_n, repeat, frequency, presence)
     return init(last_n, repeat, frequency, presence)
 
 
-def uses_penalties(options: dict[str, Any]) -> bool:
-    return bool(options.get("repeat_last_n", 64)) and (
-        float(options.get("repeat_penalty", 1.0)) != 1.0
-        or bool(options.get("frequency_penalty", 0.0))
-        or bool(options.get("presence_penalty", 0.0))
-    )
+class Sampler:
+    """The sampling state of one sequence. Call `free()` when the sequence ends."""
+
+    def __init__(self, options: dict[str, Any], *, vocab: Any, n_vocab: int, num_ctx: int,
+                 grammar: str | None = None) -> None:
+        self.n_vocab = n_vocab
+        self.grammar: Any = None
+        if grammar:
+            self.grammar = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not self.grammar:
+                raise BadRequest("the format's grammar could not be parsed")
+        self.chain = build_chain(options, n_vocab=n_vocab, num_ctx=num_ctx)
+        if self.grammar is not None:
+            self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+            self._ids = np.arange(n_vocab, dtype="<i4")
+            self._array = llama_cpp.llama_token_data_array(
+                self._candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+                n_vocab, -1, False)
+            self._one = np.zeros(1, dtype=_TOKEN_DATA)
+            self._one_array = llama_cpp.llama_token_data_array(
+                self._one.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), 1, -1, False)
+
+    def accept_prompt(self, tokens: list[int]) -> None:
+        """Feed prompt tokens to the penalty window (the grammar only sees generated text)."""
+        for token in tokens:
+            llama_cpp.llama_sampler_accept(self.chain, token)
+
+    def sample(self, ctx: Any, index: int) -> int:
+        if self.grammar is None:
+            return llama_cpp.llama_sampler_sample(self.chain, ctx, index)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index),
+                                       shape=(self.n_vocab,))
+        token = self._pick(logits, with_grammar=False)
+        if not self._grammar_allows(token):
+            token = self._pick(logits, with_grammar=True)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
+        candidates = self._candidates
+        candidates["id"] = self._ids  # samplers sort and shrink the array in place
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = self._array
+        array.size, array.selected, array.sorted = self.n_vocab, -1, False
+        ref = ctypes.byref(array)
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self.grammar, ref)
+        llama_cpp.llama_sampler_apply(self.chain, ref)
+        return int(candidates["id"][array.selected])
+
+    def _grammar_allows(self, token: int) -> bool:
+        self._one["id"], self._one["logit"], self._one["p"] = token, 1.0, 0.0
+        one = self._one_array
+        one.size, one.selected, one.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(one))
+        return not math.isinf(float(self._one["logit"][0]))
+
+    def free(self) -> None:
+        llama_cpp.llama_sampler_free(self.chain)
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)

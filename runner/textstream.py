@@ -25,11 +25,10 @@ class TextStream:
             self._held = ""
             return text, False
         # `text` is only the held-back tail plus this piece: earlier text had no match.
-        for stop in self._stops:
-            at = text.find(stop)
-            if at >= 0:
-                self._held = ""
-                return text[:at], True
+        hits = [at for at in (text.find(stop) for stop in self._stops) if at >= 0]
+        if hits:
+            self._held = ""
+            return text[:min(hits)], True
         keep = self._held_back(text)
         self._held = text[len(text) - keep:] if keep else ""
         return text[: len(text) - keep], False

@@ -98,3 +98,21 @@ def test_keep_alive_expiry_unloads_idle_runner(fresh_server: LiveServer) -> None
     assert expires.endswith("Z")
     assert _gone(runner, timeout=15)
     assert httpx.get(fresh_server.url + "/api/ps").json() == {"models": []}
+
+
+def test_client_gone_before_first_token_cancels(fresh_server: LiveServer) -> None:
+    """A request still waiting for its first token (or collecting a non-streamed reply) is
+    cancelled when its client disconnects, instead of generating for nobody."""
+    _load(fresh_server)
+    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "raw": True, "stream": False,
+            "options": {"num_predict": 5000, "temperature": 0}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(fresh_server.url + "/api/generate", json=body, timeout=2)
+    # The runner is idle again soon after the client left.
+    [runner] = fresh_server.runner_pids()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if psutil.Process(runner).cpu_percent(interval=0.5) < 20:
+            break
+    else:
+        pytest.fail("the runner kept generating after the client disconnected")

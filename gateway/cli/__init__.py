@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rm", help="Remove a model")
     p.add_argument("models", metavar="MODEL", nargs="+")
+
+    from gateway.cli.bench import add_bench_parser  # `corral bench`: gateway/loadtest
+    add_bench_parser(sub)
     return parser
 
 
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("serve", "start"):
             return commands.cmd_serve(args)
+        if args.command == "bench":
+            from gateway.cli.bench import cmd_bench
+            return cmd_bench(args)
         if args.command in NOT_IMPLEMENTED:
             return commands.cmd_not_implemented(args)
         if args.version:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import dumps, field, json_response, ndjson, read_json
+from gateway.http import dumps, field, json_response, ndjson, read_json, unless_disconnected
 from gateway.inference import Generation, Inference, Job, check_messages, vector
 from registry.names import ModelName
 from registry.show import show_response
@@ -60,6 +60,7 @@ def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
 
 
 async def _reply(
+    request: Request,
     generation: Generation,
     want_stream: bool,
     chunk_line: Callable[[str], str],
@@ -71,7 +72,7 @@ async def _reply(
     where all_text is "" when streaming (the deltas already went out).
     """
     if not want_stream:
-        text, done = await generation.collect()
+        text, done = await unless_disconnected(request, generation.collect())
         return json_response(final(text, done))
 
     async def lines() -> AsyncIterator[str]:
@@ -117,13 +118,14 @@ async def generate(request: Request) -> Response:
     limits = {"truncate": field(data, "truncate", bool, True),
               "shift": field(data, "shift", bool, True), "format_": _format(data)}
     if raw:
-        generation = await inference.generate(job, prompt=prompt, **limits)
+        work = inference.generate(job, prompt=prompt, **limits)
     else:
         messages = [{"role": "user", "content": prompt}]
         sys_text = system if system is not None else model.system
         if sys_text:
             messages.insert(0, {"role": "system", "content": sys_text})
-        generation = await inference.generate(job, messages=messages, context=context, **limits)
+        work = inference.generate(job, messages=messages, context=context, **limits)
+    generation = await unless_disconnected(request, work)
 
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
@@ -137,7 +139,8 @@ async def generate(request: Request) -> Response:
             body["context"] = done.context
         return body
 
-    return await _reply(generation, field(data, "stream", bool, True), chunk_line, final)
+    return await _reply(request, generation, field(data, "stream", bool, True), chunk_line,
+                        final)
 
 
 async def chat(request: Request) -> Response:
@@ -158,9 +161,9 @@ async def chat(request: Request) -> Response:
                               "message": {"role": "assistant", "content": ""},
                               "done": True, "done_reason": reason})
 
-    generation = await inference.generate(
+    generation = await unless_disconnected(request, inference.generate(
         job, messages=inference.chat_messages(model, messages), format_=_format(data),
-        truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True))
+        truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True)))
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
     def chunk_line(text: str) -> str:
@@ -172,7 +175,8 @@ async def chat(request: Request) -> Response:
                 "message": {"role": "assistant", "content": text},
                 "done": True, **_final_metrics(job, done)}
 
-    return await _reply(generation, field(data, "stream", bool, True), chunk_line, final)
+    return await _reply(request, generation, field(data, "stream", bool, True), chunk_line,
+                        final)
 
 
 # --- embeddings ------------------------------------------------------------------------------
@@ -199,8 +203,9 @@ async def embed(request: Request) -> Response:
     if not inputs:
         await inference.load_or_unload(job)
         return json_response({"model": name, "embeddings": []})
-    result = await inference.embed(job, inputs, truncate=field(data, "truncate", bool, True),
-                                   normalize=True)
+    truncate = field(data, "truncate", bool, True)
+    result = await unless_disconnected(request, inference.embed(job, inputs, truncate=truncate,
+                                   normalize=True))
     return json_response({
         "model": name,
         "embeddings": [vector(v, dimensions) for v in result.vectors],
@@ -219,7 +224,8 @@ async def embeddings_legacy(request: Request) -> Response:
     if not prompt:
         await inference.load_or_unload(job)
         return json_response({"embedding": []})
-    result = await inference.embed(job, [prompt], truncate=True, normalize=False)
+    result = await unless_disconnected(
+        request, inference.embed(job, [prompt], truncate=True, normalize=False))
     return json_response({"embedding": vector(result.vectors[0])})
 
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.http import dumps, field, json_response, read_json
+from gateway.http import dumps, field, json_response, read_json, unless_disconnected
 from gateway.inference import Generation, Inference, check_messages, vector
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError, NotFound
@@ -140,13 +140,14 @@ async def chat_completions(request: Request) -> Response:
     if data.get("tools"):
         raise BadRequest(f"{model.name.full()} does not support tools")
     job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    generation = await inference.generate(job, messages=inference.chat_messages(model, messages),
-                                          format_=_response_format(data))
+    work = inference.generate(job, messages=inference.chat_messages(model, messages),
+                              format_=_response_format(data))
+    generation = await unless_disconnected(request, work)
     base = {"id": f"chatcmpl-{secrets.randbelow(999)}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
 
     if not field(data, "stream", bool, False):
-        text, done = await generation.collect()
+        text, done = await unless_disconnected(request, generation.collect())
         return json_response({
             **base, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -180,7 +181,7 @@ async def completions(request: Request) -> Response:
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
     job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    generation = await inference.generate(job, prompt=prompt)
+    generation = await unless_disconnected(request, inference.generate(job, prompt=prompt))
     base = {"id": f"cmpl-{secrets.randbelow(999)}", "object": "text_completion",
             "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
 
@@ -188,7 +189,7 @@ async def completions(request: Request) -> Response:
         return {**base, "choices": [{"text": text, "index": 0, "finish_reason": finish_reason}]}
 
     if not field(data, "stream", bool, False):
-        text, done = await generation.collect()
+        text, done = await unless_disconnected(request, generation.collect())
         return json_response({**choice(text, _finish_reason(done)), "usage": _usage(done)},
                              media_type=JSON)
     return _sse_reply(generation, lambda text, _: _sse(choice(text, None)),
@@ -212,7 +213,8 @@ async def embeddings(request: Request) -> Response:
         raise BadRequest("invalid encoding_format: expected float or base64")
     dimensions = field(data, "dimensions", int)
     job = inference.job(model, None, data.get("keep_alive"))
-    result = await inference.embed(job, inputs, truncate=True, normalize=True)
+    result = await unless_disconnected(
+        request, inference.embed(job, inputs, truncate=True, normalize=True))
     items = []
     for index, raw in enumerate(result.vectors):
         floats = vector(raw, dimensions)

@@ -1,0 +1,150 @@
+"""Prompt sets for the load test: random or fixed text of about N tokens, or prompts from a file.
+
+Lengths are approximate: the text is built from short, common English words, which most
+tokenizers keep as one token each, with a full stop every few words. The server's own count
+(`prompt_eval_count` / `usage.prompt_tokens`) is reported next to the results.
+
+- `random`: every request gets its own prompt (seeded, so a run is repeatable); no two prompts
+  share a prefix worth caching, so each request pays for its whole prompt.
+- `fixed`: every request gets the same passage; a server with a prompt cache reuses it.
+- a file: one prompt per line, or JSON Lines (a JSON string, or an object with a "prompt",
+  "text" or "content" string); requests take them in turn, wrapping around.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+KINDS = ("random", "fixed")
+
+# Short, common words: one token each in the usual tokenizers.
+_WORD_TEXT = (
+    "the a an and or but if then so as of in on at to for with from by over under after "
+    "before about into near far up down out off old new big small long short high low early "
+    "late good bad red green blue black white dark light warm cold quiet loud slow fast hard "
+    "soft full empty clear deep rich poor young open closed day night year week morning "
+    "evening summer winter spring river town city road street bridge house door window "
+    "garden field forest hill mountain sea lake boat ship train car bus station market shop "
+    "school church tower wall gate square park farm mill barn horse dog cat bird fish tree "
+    "flower grass stone wood iron gold paper book letter map song story word name voice "
+    "face hand eye heart head friend mother father child family people man woman king queen "
+    "worker teacher doctor farmer baker walks runs sees hears finds keeps builds opens "
+    "closes brings takes makes gives writes reads sings plays works waits rests looks turns "
+    "holds leaves comes goes stays grows falls rises moves starts stops carries sends"
+)
+_WORDS = _WORD_TEXT.split()
+
+_PASSAGE_TEXT = (
+    "The old town stands where the river bends to the west, and its market square has been "
+    "the heart of the place for as long as anyone can remember. Every morning the bakers open "
+    "their shops before the sun is up, and the smell of fresh bread drifts across the stone "
+    "bridge to the houses on the far bank. Boats come down the river with wood, grain and "
+    "wool, and the men who work on the quay know each boat by the colour of its sail. In the "
+    "summer the children swim near the mill, and in the winter, when the water is slow and "
+    "dark, they skate on the ponds behind the church. The town keeps a book of its history in "
+    "a small room above the school: letters, maps and lists of names, with notes about the "
+    "great flood, the year the bridge fell and the long hot season when the wells ran dry. "
+    "People who move away often come back, because nowhere else feels quite the same."
+)
+_PASSAGE = _PASSAGE_TEXT.split()
+
+_SENTENCE = 11  # words per sentence in generated text
+
+
+def _sentences(words: Sequence[str]) -> str:
+    out: list[str] = []
+    for start in range(0, len(words), _SENTENCE):
+        part = list(words[start:start + _SENTENCE])
+        part[0] = part[0].capitalize()
+        out.append(" ".join(part) + ".")
+    return " ".join(out)
+
+
+def _word_count(tokens: int) -> int:
+    # Each sentence adds a full stop, itself about one token.
+    return max(1, round(tokens * _SENTENCE / (_SENTENCE + 1)))
+
+
+def random_prompt(tokens: int, seed: int, index: int) -> str:
+    """Prompt number `index` of a seeded random set: about `tokens` tokens of word salad."""
+    rng = random.Random(seed * 1_000_003 + index)
+    return _sentences([rng.choice(_WORDS) for _ in range(_word_count(tokens))])
+
+
+def fixed_prompt(tokens: int) -> str:
+    """One passage of plain prose cut or repeated to about `tokens` tokens."""
+    n = _word_count(tokens)
+    words = [_PASSAGE[i % len(_PASSAGE)] for i in range(n)]
+    text = " ".join(words)
+    return text if text.endswith(".") else text + "."
+
+
+def _parse_line(line: str) -> str:
+    stripped = line.strip()
+    if stripped[:1] in ('{', '"'):
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            return stripped
+        if isinstance(data, str):
+            return data
+        if isinstance(data, dict):
+            for key in ("prompt", "text", "content"):
+                if isinstance(data.get(key), str):
+                    return data[key]
+            raise ValueError(f"JSON line without a \"prompt\", \"text\" or \"content\" string: "
+                             f"{stripped[:80]}")
+    return stripped
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: one per line, or JSON Lines; blank lines are skipped."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read prompts file {file}: {exc.strerror or exc}") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prompt = _parse_line(line)
+        except ValueError as exc:
+            raise ValueError(f"{file}:{number}: {exc}") from None
+        if prompt.strip():
+            prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"prompts file {file} has no prompts")
+    return prompts
+
+
+class PromptSet:
+    """Hands out prompt number i for request number i (warm-ups included)."""
+
+    def __init__(self, *, tokens: int = 250, kind: str = "random", seed: int = 0,
+                 prompts: Sequence[str] | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown prompt kind {kind!r}: expected one of {', '.join(KINDS)}")
+        if tokens < 1:
+            raise ValueError("the input length must be at least 1 token")
+        self.tokens = tokens
+        self.kind = "file" if prompts else kind
+        self.seed = seed
+        self._prompts = list(prompts) if prompts else None
+        self._fixed = fixed_prompt(tokens) if kind == "fixed" else None
+
+    def __getitem__(self, index: int) -> str:
+        if self._prompts is not None:
+            return self._prompts[index % len(self._prompts)]
+        if self._fixed is not None:
+            return self._fixed
+        return random_prompt(self.tokens, self.seed, index)
+
+    def describe(self) -> str:
+        if self._prompts is not None:
+            return f"{len(self._prompts)} prompts from a file"
+        return f"{self.kind}, ~{self.tokens} tokens"
