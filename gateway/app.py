@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from gateway.http import json_response
 from gateway.inference import Inference
-from gateway.routes import ollama, openai
+from gateway.routes import models, oci, ollama, openai, transfer
 from registry.store import Store
 from runner.pool import RunnerPool
 from shared.config import Settings
@@ -81,7 +81,7 @@ def create_app(settings: Settings, store: Store) -> Starlette:
             await pool.close()
 
     app = Starlette(
-        routes=[*ollama.routes, *openai.routes],
+        routes=[*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes],
         middleware=[Middleware(CORSMiddleware, allow_origin_regex=origin_regex(settings.origins),
                                allow_methods=["*"], allow_headers=ALLOWED_HEADERS)],
         exception_handlers={CorralError: _corral_error, HTTPException: _http_error,
