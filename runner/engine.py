@@ -89,6 +89,13 @@ class Engine:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = load.num_gpu if load.num_gpu >= 0 else -1
         mparams.main_gpu = load.main_gpu
+        if load.tensor_split:  # several GPUs: layers in proportion to each one's share
+            shares = (ctypes.c_float * llama_cpp.llama_max_devices())(*load.tensor_split)
+            self._tensor_split = shares  # llama.cpp reads it during the load
+            mparams.tensor_split = shares
+            mparams.split_mode = 1  # LLAMA_SPLIT_MODE_LAYER
+        else:
+            mparams.split_mode = 0  # LLAMA_SPLIT_MODE_NONE: the whole model on main_gpu
         mparams.load_mode = 1 if load.use_mmap else 0  # LLAMA_LOAD_MODE_MMAP / NONE
         model = llama_cpp.llama_model_load_from_file(load.model_path.encode(), mparams)
         if not model:

@@ -33,6 +33,7 @@ class Load:
     parallel: int = 1
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
+    tensor_split: list[float] | None = None  # share of layers per GPU when split across GPUs
 
 
 @dataclass(slots=True)
