@@ -21,7 +21,9 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 
+# The registry tests run Debian's docker-registry (the CNCF distribution registry) on loopback.
 test: lint
+	command -v docker-registry >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-registry)
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -7,6 +7,7 @@ nothing in this module knows about either wire format.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from array import array
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.options import check_options, load_request, merge_options, sampling_options
+from registry import gotemplate
 from registry.store import LocalModel, Store
 from runner.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
@@ -22,6 +24,8 @@ from shared.config import Settings, keep_alive_seconds
 from shared.errors import BadRequest, CorralError
 
 Message = dict[str, Any]
+
+log = logging.getLogger("corral.inference")
 
 
 @dataclass
@@ -37,7 +41,8 @@ class Job:
 
     @property
     def key(self) -> str:
-        return self.load.model_path
+        """Runners are per manifest: copies share one, a model with other params gets its own."""
+        return self.model.digest
 
     def total_duration(self) -> int:
         return time.perf_counter_ns() - self.started_ns
@@ -141,7 +146,24 @@ class Inference:
         info = model.gguf
         n_ctx_train = info.context_length if info else 0
         load = load_request(str(model.model_path), options, self.settings, n_ctx_train)
+        load.adapters = [str(path) for path in model.adapter_paths]  # ADAPTER layers (LoRA)
         return Job(model, options, load, parse_keep_alive(keep_alive))
+
+    def template_prompt(self, model: LocalModel, messages: list[Message]) -> str | None:
+        """The prompt from the model's TEMPLATE layer (Go template), or None to let the runner
+        render with the GGUF's chat template / family format (no template layer, or Ollama's
+        `{{ .Prompt }}` placeholder). Templates are checked when a model is created; one that
+        still fails here (a model from elsewhere) falls back to the runner's rendering."""
+        text = model.template
+        if gotemplate.is_passthrough(text):
+            return None
+        assert text is not None
+        try:
+            return gotemplate.render_chat(text, messages)
+        except gotemplate.TemplateError as exc:
+            log.warning("%s: cannot use its TEMPLATE (%s); using the GGUF's chat format",
+                        model.display(), exc)
+            return None
 
     def chat_messages(self, model: LocalModel, messages: list[Message]) -> list[Message]:
         """The model's MESSAGE history, then the request's; the model's SYSTEM goes first unless
@@ -163,6 +185,10 @@ class Inference:
                        messages: list[Message] | None = None, truncate: bool = True,
                        context: list[int] | None = None, format_: Any = None,
                        shift: bool = True) -> Generation:
+        if prompt is None and messages is not None:
+            rendered = self.template_prompt(job.model, messages)
+            if rendered is not None:  # the stop strings come from the model's params
+                prompt, messages = rendered, None
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift)
         return await Generation.start(self._stream(job, request))

@@ -14,9 +14,6 @@ from shared.config import Settings
 from shared.errors import BadRequest
 
 DEFAULT_NUM_CTX = 4096  # Ollama's tier for machines with under 23 GiB of VRAM, CPU included
-# Slots per runner when OLLAMA_NUM_PARALLEL is unset (Ollama's old automatic choice on the CPU;
-# the supervisor will lower it when memory is short).
-DEFAULT_PARALLEL = 4
 
 # name -> (type, default). `None` default = unset (decided elsewhere).
 OPTION_TYPES: dict[str, tuple[type, Any]] = {
@@ -36,7 +33,8 @@ OPTION_TYPES: dict[str, tuple[type, Any]] = {
     "num_ctx": (int, None),
     "num_batch": (int, 512),
     "num_gpu": (int, -1),
-    "main_gpu": (int, 0),
+    "main_gpu": (int, -1),  # -1: the supervisor chooses
+    "num_parallel": (int, 0),  # corral: slots for this model; 0 = the supervisor chooses
     "use_mmap": (bool, True),
     "num_thread": (int, 0),
 }
@@ -96,14 +94,14 @@ def load_request(path: str, options: dict[str, Any], settings: Settings, n_ctx_t
         main_gpu=options["main_gpu"],
         use_mmap=options["use_mmap"],
         num_thread=options["num_thread"],
-        parallel=settings.num_parallel or DEFAULT_PARALLEL,
+        parallel=options["num_parallel"],
         flash_attention=settings.flash_attention,
         kv_cache_type=settings.kv_cache_type,
     )
 
 
 LOAD_OPTION_NAMES = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap",
-                               "num_thread"})
+                               "num_thread", "num_parallel"})
 
 
 def sampling_options(options: dict[str, Any]) -> dict[str, Any]:

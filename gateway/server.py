@@ -52,6 +52,10 @@ def serve_forever(settings: Settings | None = None) -> int:
         return 1
     _configure_logging(settings.debug)
     store = Store(settings.models)
+    if not settings.noprune:
+        removed = store.prune()  # unreferenced blobs and stale temp files older than an hour
+        if removed:
+            log.info("pruned %d unused file(s) from %s", len(removed), store.blobs_dir)
     name = import_bundled_model(store)
     if name is not None:
         log.info("bundled model %s is ready", name)

@@ -88,7 +88,7 @@ class Engine:
 
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = load.num_gpu if load.num_gpu >= 0 else -1
-        mparams.main_gpu = load.main_gpu
+        mparams.main_gpu = max(load.main_gpu, 0)
         if load.tensor_split:  # several GPUs: layers in proportion to each one's share
             shares = (ctypes.c_float * llama_cpp.llama_max_devices())(*load.tensor_split)
             self._tensor_split = shares  # llama.cpp reads it during the load
@@ -127,6 +127,7 @@ class Engine:
             llama_cpp.llama_model_free(model)
             raise LoadError("failed to create the llama.cpp context (out of memory?)")
         self.ctx = ctx
+        self._apply_adapters(load.adapters)
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.can_shift = bool(self.memory) and llama_cpp.llama_memory_can_shift(self.memory)
         self.n_ctx = llama_cpp.llama_n_ctx(ctx) // self.parallel
@@ -142,6 +143,26 @@ class Engine:
         self.queue: deque[Sequence] = deque()
         self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
         self._embedder: Embedder | None = None
+
+    def _apply_adapters(self, paths: list[str]) -> None:
+        """LoRA adapters (the model's ADAPTER layers), at full scale. llama.cpp frees them with
+        the model."""
+        if not paths:
+            return
+        adapters = []
+        for path in paths:
+            adapter = llama_cpp.llama_adapter_lora_init(self.model, path.encode())
+            if not adapter:
+                llama_cpp.llama_free(self.ctx)
+                llama_cpp.llama_model_free(self.model)
+                raise LoadError(f"failed to load adapter {path}")
+            adapters.append(adapter)
+        array = (llama_cpp.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
+        scales = (ctypes.c_float * len(adapters))(*([1.0] * len(adapters)))
+        if llama_cpp.llama_set_adapters_lora(self.ctx, array, len(adapters), scales) != 0:
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
+            raise LoadError("failed to apply the LoRA adapters")
 
     # --- model facts --------------------------------------------------------------------------
 

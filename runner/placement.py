@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from runner.estimate import Estimate
+from runner.estimate import Estimate, ModelShape, estimate
 from runner.inventory import GPU, Inventory
 from shared.errors import CorralError
 
@@ -217,3 +217,34 @@ def plan_load(estimate: Estimate, inventory: Inventory, residents: Sequence[Resi
 
 def _gib(n: int) -> str:
     return f"{n / 1024**3:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything the supervisor decides for one load: memory, slots, placement, evictions."""
+
+    estimate: Estimate
+    parallel: int
+    load: LoadPlan
+
+
+def plan_model(shape: ModelShape, inventory: Inventory, residents: Sequence[Resident], *,
+               num_ctx: int, num_batch: int = 512, num_gpu: int = -1,
+               main_gpu: int | None = None, requested_parallel: int = 0,
+               configured_parallel: int = 0, kv_cache_type: str = "f16", overhead: int = 0,
+               max_loaded: int = 0) -> ModelPlan:
+    """The whole decision for loading a model of `shape` now (used by the pool and `corral
+    plan`): slots, the memory they need, where it goes, and who must make room."""
+
+    def estimate_for(parallel: int) -> Estimate:
+        return estimate(shape, num_ctx=num_ctx, parallel=parallel, kv_cache_type=kv_cache_type,
+                        num_batch=num_batch)
+
+    parallel = choose_parallel(estimate_for, inventory, configured=configured_parallel,
+                               requested=requested_parallel or None,
+                               embedding_only=shape.embedding_only, overhead=overhead)
+    need = estimate_for(parallel)
+    plan = plan_load(need, inventory, residents,
+                     max_loaded=max_loaded or 3 * max(len(inventory.gpus), 1),
+                     num_gpu=num_gpu, main_gpu=main_gpu, overhead=overhead)
+    return ModelPlan(need, parallel, plan)

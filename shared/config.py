@@ -185,6 +185,8 @@ class Settings:
     debug: int = 0
     noprune: bool = False
     cuda_visible_devices: tuple[str, ...] | None = None
+    serve_registry: bool = False  # CORRAL_SERVE_REGISTRY: answer the OCI read side on /v2/
+    gpus_file: Path | None = None  # CORRAL_GPUS: a JSON description of simulated GPUs
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -248,6 +250,13 @@ class Settings:
             kwargs["cuda_visible_devices"] = tuple(
                 d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()
             )
+        if raw := get("CORRAL_GPUS"):
+            path = Path(raw).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"CORRAL_GPUS={raw!r}: expected a JSON file describing GPUs")
+            kwargs["gpus_file"] = path
+        if raw := get("CORRAL_SERVE_REGISTRY"):
+            kwargs["serve_registry"] = _parse_bool("CORRAL_SERVE_REGISTRY", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

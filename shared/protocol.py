@@ -27,12 +27,13 @@ class Load:
     num_ctx: int
     num_batch: int = 512
     num_gpu: int = -1  # layers to offload; -1 = all that the device has room for, 0 = CPU
-    main_gpu: int = 0
+    main_gpu: int = -1  # -1: wherever the supervisor places it
     use_mmap: bool = True
     num_thread: int = 0  # 0 = llama.cpp's choice
-    parallel: int = 1
+    parallel: int = 0  # slots; 0 (from the gateway) = the supervisor decides
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
+    adapters: list[str] = field(default_factory=list)  # LoRA adapter GGUFs applied at load
     tensor_split: list[float] | None = None  # share of layers per GPU when split across GPUs
 
 

@@ -101,7 +101,7 @@ def test_ps_after_use(client: ollama.Client) -> None:
     client.generate(MODEL, "hi", options={"num_predict": 1})
     running = {m.model: m for m in client.ps().models}
     assert MODEL in running
-    assert running[MODEL].context_length == 4096
+    assert running[MODEL].context_length >= 4096  # a larger loaded context is reused
     assert running[MODEL].size_vram == 0
     assert running[MODEL].size > 250_000_000
 

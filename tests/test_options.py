@@ -36,7 +36,9 @@ def test_load_request_context_length() -> None:
     assert load_request("/m", options, Settings.from_env({}), 32768).num_ctx == 4096
     env = Settings.from_env({"OLLAMA_CONTEXT_LENGTH": "65536", "OLLAMA_NUM_PARALLEL": "2"})
     load = load_request("/m", options, env, 32768)
-    assert load.num_ctx == 32768 and load.parallel == 2  # clamped to the trained context
+    assert load.num_ctx == 32768  # clamped to the trained context
+    assert load.parallel == 0  # the supervisor decides (OLLAMA_NUM_PARALLEL is its input)
+    assert load_request("/m", merge_options({}, {"num_parallel": 2}), env, 0).parallel == 2
     load = load_request("/m", merge_options({}, {"num_ctx": 1024}), env, 32768)
     assert load.num_ctx == 1024
     cpu = load_request("/m", options, Settings.from_env({"OLLAMA_LLM_LIBRARY": "cpu"}), 0)

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from gateway.cli.client import Client, CLIError
 
-NOT_IMPLEMENTED = ("pull", "push", "create")
+NOT_IMPLEMENTED: tuple[str, ...] = ("pull", "push")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", aliases=["start"], help="Start corral")
 
-    p = sub.add_parser("create", help="Create a model (not implemented yet)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("create", help="Create a model from a Modelfile")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-f", "--file", help="Name of the Modelfile (default \"Modelfile\")")
+    p.add_argument("-q", "--quantize", metavar="TYPE",
+                   help="Quantize model to this level (e.g. q4_K_M)")
 
     p = sub.add_parser("show", help="Show information for a model")
     p.add_argument("model", metavar="MODEL")
@@ -81,11 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.cli.bench import add_bench_parser  # `corral bench`: gateway/loadtest
     add_bench_parser(sub)
+    from gateway.cli.plan import add_plan_parser  # `corral plan`: the supervisor's decision
+    add_plan_parser(sub)
     return parser
 
 
 def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
     from gateway.cli import commands
+    from gateway.cli.create import cmd_create
     from gateway.cli.run import cmd_run
 
     table: dict[str, Callable[[argparse.Namespace, Client], int]] = {
@@ -97,6 +103,7 @@ def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
         "ps": commands.cmd_ps,
         "cp": commands.cmd_cp,
         "rm": commands.cmd_rm,
+        "create": cmd_create,
     }
     handler = table[args.command]
     return lambda client: handler(args, client)
@@ -122,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from gateway.cli.bench import cmd_bench
             return cmd_bench(args)
+        if args.command == "plan":
+            from gateway.cli.plan import cmd_plan
+            return cmd_plan(args)
         if args.command in NOT_IMPLEMENTED:
             return commands.cmd_not_implemented(args)
         if args.version:

@@ -251,17 +251,34 @@ async def show(request: Request) -> Response:
 async def ps(request: Request) -> Response:
     models = []
     for entry in _inference(request).pool.running():
-        ready = entry.ready
-        model = entry.model
+        placement, need = entry.placement, entry.estimate
+        on_gpu = 0 if entry.simulated else placement.size_vram
         models.append({
             "name": entry.name,
             "model": entry.name,
-            "size": ready.model_bytes + ready.kv_bytes,
-            "digest": model.digest,
-            "details": model_details(model),
+            "size": need.total,
+            "digest": entry.model.digest,
+            "details": model_details(entry.model),
             "expires_at": rfc3339_nano(_expiry_ns(entry.expires_at)),
-            "size_vram": 0 if ready.device == "cpu" else ready.model_bytes + ready.kv_bytes,
-            "context_length": ready.n_ctx,
+            "size_vram": min(on_gpu, need.total),
+            "context_length": entry.ready.n_ctx,
+            # corral's placement, beyond Ollama's fields
+            "corral": {
+                "pid": entry.runner.pid,
+                "gpus": list(placement.gpus),
+                "gpu_layers": placement.gpu_layers if not entry.simulated else 0,
+                "total_layers": placement.total_layers,
+                "planned": placement.describe() + (" (simulated GPUs)" if entry.simulated
+                                                   else ""),
+                "parallel": entry.parallel,
+                "replicas": 1,
+                "active": min(entry.refcount, entry.parallel),
+                "queued": entry.queued,
+                "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
+                             "total": need.total},
+                "measured": {"weights": entry.ready.model_bytes, "rss": entry.measured_rss()},
+                "keep_alive": None if math.isinf(entry.keep_alive) else entry.keep_alive,
+            },
         })
     return json_response({"models": models})
 
@@ -291,7 +308,13 @@ async def delete(request: Request) -> Response:
     name = data.get("model") or data.get("name")
     if not name or not isinstance(name, str):
         raise BadRequest("model is required")
-    _inference(request).store.delete(name)
+    inference = _inference(request)
+    model = inference.store.get(name)
+    # Stop its runner first (keyed like Job.key, by manifest digest): at once if idle, else when
+    # its requests end, the weights staying readable to it meanwhile as an unlinked file does.
+    # Blobs that other models use are kept.
+    await request.app.state.pool.unload(model.digest)
+    inference.store.delete(name)
     return Response(status_code=200)
 
 

@@ -1,0 +1,157 @@
+"""The supervisor end to end on this CPU with the real model: eviction, waiting, queue limit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from registry.manifest import MEDIA_PARAMS, Manifest
+from registry.store import Store
+from tests.conftest import ROOT, LiveServer, start_server
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "gemma3:270m"
+
+
+def make_variant(models: Path, name: str, params: dict) -> None:
+    """A second model on the same weights with other params: its own manifest, its own runner."""
+    store = Store(models)
+    base = store.get(MODEL)
+    blob = store.write_json_blob({**base.params, **params})
+    layers = [layer for layer in base.manifest.layers if layer.media_type != MEDIA_PARAMS]
+    store.write_manifest(name, Manifest(base.manifest.config,
+                                        [*layers, blob.layer(MEDIA_PARAMS)]))
+
+
+@pytest.fixture
+def one_model_server(models_dir: Path, tmp_path: Path):  # noqa: ANN201
+    server = start_server(models_dir, tmp_path / "serve.log", OLLAMA_MAX_LOADED_MODELS="1",
+                          OLLAMA_NUM_PARALLEL="1", OLLAMA_MAX_QUEUE="1")
+    make_variant(models_dir, "variant:test", {"num_ctx": 2048})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def generate(server: LiveServer, model: str, predict: int, timeout: float = 120) -> httpx.Response:
+    return httpx.post(server.url + "/api/generate", timeout=timeout, json={
+        "model": model, "prompt": "1, 2, 3,", "raw": True, "stream": False,
+        "options": {"num_predict": predict, "temperature": 0}})
+
+
+def test_idle_runner_is_evicted_busy_one_is_not(one_model_server: LiveServer) -> None:
+    server = one_model_server
+    assert generate(server, MODEL, 2).status_code == 200
+    [first] = server.runner_pids()
+
+    # Idle: loading the variant (limit 1) evicts it.
+    assert generate(server, "variant:test", 2).status_code == 200
+    [second] = server.runner_pids()
+    assert second != first and not psutil.pid_exists(first)
+    ps = httpx.get(server.url + "/api/ps").json()["models"]
+    assert [m["name"] for m in ps] == ["variant:test"]
+
+    # Busy: a long request keeps its runner; the other model waits for it, then loads.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(generate, server, "variant:test", 150)
+        time.sleep(1.0)
+        waiting = pool.submit(generate, server, MODEL, 2)
+        long_reply = busy.result()
+        assert long_reply.status_code == 200 and long_reply.json()["eval_count"] == 150
+        assert waiting.result().status_code == 200
+    assert waiting.result().json()["load_duration"] > 0
+
+
+def test_queue_overflow_is_503(one_model_server: LiveServer) -> None:
+    server = one_model_server
+    assert generate(server, MODEL, 1).status_code == 200  # loaded: 1 slot, queue of 1
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        running = pool.submit(generate, server, MODEL, 200)
+        time.sleep(0.5)
+        queued = pool.submit(generate, server, MODEL, 2)
+        time.sleep(0.5)
+        rejected = generate(server, MODEL, 2)
+        assert rejected.status_code == 503
+        assert "maximum pending requests exceeded" in rejected.json()["error"]
+        assert running.result().status_code == 200 and queued.result().status_code == 200
+
+
+def test_ps_shows_placement(corral_server: LiveServer) -> None:
+    assert generate(corral_server, MODEL, 1).status_code == 200
+    [entry] = [m for m in httpx.get(corral_server.url + "/api/ps").json()["models"]
+               if m["name"] == MODEL]
+    extra = entry["corral"]
+    assert extra["gpus"] == [] and extra["gpu_layers"] == 0 and extra["parallel"] >= 1
+    assert extra["estimate"]["total"] == entry["size"]
+    assert extra["measured"]["rss"] > 100 * 1024**2  # the loaded runner, really measured
+    assert extra["measured"]["weights"] == extra["estimate"]["weights"]
+
+
+def test_simulated_gpus_plan_and_run_on_cpu(models_dir: Path, tmp_path: Path) -> None:
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text(json.dumps({"gpus": [{"name": "sim-24", "total": "24GiB"},
+                                         {"name": "sim-12", "total": "12GiB"}]}))
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_GPUS=str(gpus))
+    try:
+        assert generate(server, MODEL, 2).status_code == 200
+        [entry] = httpx.get(server.url + "/api/ps").json()["models"]
+        assert entry["size_vram"] == 0  # simulated GPUs: it really runs on the CPU
+        assert entry["corral"]["gpus"] == [0] and "simulated" in entry["corral"]["planned"]
+    finally:
+        server.stop()
+    assert "SIMULATED GPU INVENTORY" in (tmp_path / "serve.log").read_text()
+
+
+def test_plan_command(models_dir: Path, tmp_path: Path) -> None:
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text(json.dumps({"gpus": [{"name": "sim", "total": "8GiB"}]}))
+    env = {"OLLAMA_MODELS": str(models_dir), "OLLAMA_HOST": "127.0.0.1:9",
+           "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", MODEL, "--gpus",
+                           str(gpus), "--ctx", "8192", "--json"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["placement"]["gpus"] == [0] and plan["placement"]["gpu_layers"] == 18
+    assert plan["parallel"] == 4 and plan["estimate"]["kv"] > 0 and plan["evict"] == []
+    table = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", MODEL, "--gpus",
+                            str(gpus)], capture_output=True, text=True, cwd=ROOT, env=env,
+                           timeout=60)
+    assert table.returncode == 0 and "GPU 0" in table.stdout
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs an NVIDIA GPU")
+def test_layers_on_a_real_gpu(corral_server: LiveServer) -> None:
+    """Runs only where an NVIDIA GPU is present and llama-cpp-python was built with CUDA."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("llama-cpp-python was built without GPU support (see README)")
+    assert generate(corral_server, MODEL, 2).status_code == 200
+    [entry] = [m for m in httpx.get(corral_server.url + "/api/ps").json()["models"]
+               if m["name"] == MODEL]
+    assert entry["size_vram"] > 0
+
+
+def test_smaller_num_ctx_reuses_the_loaded_runner(corral_server: LiveServer) -> None:
+    def ask(num_ctx: int) -> httpx.Response:
+        return httpx.post(corral_server.url + "/api/generate", timeout=120, json={
+            "model": MODEL, "prompt": "Hi", "stream": False,
+            "options": {"num_predict": 1, "num_ctx": num_ctx}})
+    assert ask(4096).status_code == 200
+    before = corral_server.runner_pids()
+    assert ask(1024).status_code == 200  # fits in the loaded 4096: no reload
+    assert corral_server.runner_pids() == before
+    assert ask(8192).status_code == 200  # needs more: reloaded
+    assert corral_server.runner_pids() != before
