@@ -14,8 +14,6 @@ from typing import NoReturn
 
 from gateway.cli.client import Client, CLIError
 
-NOT_IMPLEMENTED: tuple[str, ...] = ("pull", "push")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors look like Ollama's (`Error: ...`, exit 1)."""
@@ -65,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="Stop a running model")
     p.add_argument("model", metavar="MODEL")
 
-    for name in ("pull", "push"):
-        p = sub.add_parser(name, help=f"{name.capitalize()} a model (not implemented yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, text in (("pull", "Pull a model from a registry"),
+                       ("push", "Push a model to a registry")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("model", metavar="MODEL")
+        p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
 
     p = sub.add_parser("list", aliases=["ls"], help="List models")
     p.add_argument("prefix", nargs="?", default="")
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
     from gateway.cli import commands
     from gateway.cli.create import cmd_create
+    from gateway.cli.pull import cmd_pull
+    from gateway.cli.push import cmd_push
     from gateway.cli.run import cmd_run
 
     table: dict[str, Callable[[argparse.Namespace, Client], int]] = {
@@ -104,6 +106,8 @@ def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
         "cp": commands.cmd_cp,
         "rm": commands.cmd_rm,
         "create": cmd_create,
+        "pull": cmd_pull,
+        "push": cmd_push,
     }
     handler = table[args.command]
     return lambda client: handler(args, client)
@@ -112,10 +116,6 @@ def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # These take any flags (Ollama's), which argparse would reject before we could say why.
-    if argv and argv[0] in NOT_IMPLEMENTED and not {"-h", "--help"} & set(argv[1:]):
-        sys.stderr.write(f"Error: '{argv[0]}' is not implemented yet\n")
-        return 1
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (1)
@@ -132,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             from gateway.cli.plan import cmd_plan
             return cmd_plan(args)
-        if args.command in NOT_IMPLEMENTED:
-            return commands.cmd_not_implemented(args)
         if args.version:
             with Client() as client:
                 return commands.cmd_version(client)

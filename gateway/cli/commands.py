@@ -139,6 +139,4 @@ def cmd_version(client: Client) -> int:
     return 0
 
 
-def cmd_not_implemented(args: argparse.Namespace) -> int:
-    sys.stderr.write(f"Error: '{args.command}' is not implemented yet\n")
-    return 1
+
