@@ -6,6 +6,7 @@ ConfigError naming the variable and the form it expects, so `corral serve` can s
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -263,3 +264,14 @@ class Settings:
     @property
     def cpu_only(self) -> bool:
         return self.llm_library == "cpu" or self.cuda_visible_devices == ("-1",)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` names this machine (localhost, 127.0.0.0/8, ::1): proxy variables must not
+    reroute requests to it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -6,7 +6,6 @@ command handlers never see httpx exceptions or raw `{"error": ...}` bodies.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -14,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from shared.config import HostAddress, Settings, parse_host
+from shared.config import HostAddress, Settings, is_loopback_host, parse_host
 from shared.errors import ConfigError
 
 
@@ -48,15 +47,6 @@ def server_address(env: Mapping[str, str] | None = None) -> HostAddress:
             return parse_host(raw)
         except ValueError:
             raise CLIError(str(exc)) from None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def error_message(body: bytes, status: int, reason: str = "") -> str:
@@ -93,7 +83,7 @@ class Client:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(None, connect=connect_timeout),
-            trust_env=not _is_loopback(host),
+            trust_env=not is_loopback_host(host),
             headers={"User-Agent": "corral-cli"},
             transport=transport,
         )

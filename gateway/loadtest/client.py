@@ -12,7 +12,6 @@ Timestamps are `time.perf_counter()` seconds, taken as each line is read.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from gateway.cli.client import error_message
+from shared.config import is_loopback_host
 
 APIS: dict[str, tuple[str, ...]] = {"ollama": ("generate", "chat"),
                                     "openai": ("chat", "completions")}
@@ -119,23 +119,13 @@ class RequestResult:
         return [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
 
 
-def is_loopback(url: str) -> bool:
-    host = httpx.URL(url).host
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def http_client(target: Target, connections: int,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """One connection pool for the whole run, big enough for the highest concurrency."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), limits=limits,
                              headers=target.headers(), transport=transport,
-                             trust_env=not is_loopback(target.url))
+                             trust_env=not is_loopback_host(httpx.URL(target.url).host))
 
 
 def _loads(text: str) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import httpx
 
 from registry.names import ModelName
 from registry.remote.keys import IdentityKey
+from shared.config import is_loopback_host
 from shared.errors import BadRequest, CorralError
 from shared.version import OLLAMA_COMPAT_VERSION, __version__
 
@@ -77,15 +77,6 @@ class Endpoint:
 
     def blob_url(self, digest: str) -> str:
         return self.url(f"blobs/{digest}")
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 _PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
@@ -160,7 +151,7 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], str] = {}  # (registry host, repo) -> Authorization
 
     def _client(self, url: str) -> httpx.AsyncClient:
-        direct = is_loopback(httpx.URL(url).host)
+        direct = is_loopback_host(httpx.URL(url).host)
         client = self._clients.get(direct)
         if client is None:
             client = httpx.AsyncClient(
