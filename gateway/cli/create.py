@@ -20,21 +20,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
 
 from gateway.cli.client import APIError, Client, CLIError, error_message
+from gateway.cli.progress import ProgressView
 from registry import modelfile
 from registry.modelfile import SAFETENSORS_NOT_SUPPORTED, Modelfile, ModelfileError
 
@@ -42,56 +30,11 @@ _CHUNK = 1024 * 1024
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
-class _Only(ProgressColumn):
-    """Renders the inner column only for rows of one kind ("bytes" or "count")."""
-
-    def __init__(self, inner: ProgressColumn, *kinds: str) -> None:
-        super().__init__()
-        self.inner = inner
-        self.kinds = kinds
-
-    def render(self, task: Task) -> Any:
-        return self.inner.render(task) if task.fields.get("kind") in self.kinds else Text("")
-
-
-class CreateView:
+class CreateView(ProgressView):
     """Status lines and progress bars (uploads in bytes, quantization in tensors)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        console = Console(file=stream or sys.stderr, highlight=False)
-        if not console.is_terminal:
-            console.width = 200  # printed once at the end: room for whole digests
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            _Only(BarColumn(bar_width=30), "bytes", "count"),
-            _Only(TaskProgressColumn(), "bytes", "count"),
-            _Only(DownloadColumn(), "bytes"),
-            _Only(TransferSpeedColumn(), "bytes"),
-            console=console,
-            refresh_per_second=10,
-        )
-        self._bars: dict[str, TaskID] = {}
-        self._last_step: str | None = None
-
-    def __enter__(self) -> CreateView:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def step(self, text: str) -> None:
-        if text and text != self._last_step:
-            self.progress.add_task(text, total=None, kind="step")
-            self._last_step = text
-
-    def bar(self, key: str, text: str, total: int, completed: int, kind: str = "bytes") -> None:
-        task = self._bars.get(key)
-        if task is None:
-            task = self.progress.add_task(text, total=total or None, kind=kind)
-            self._bars[key] = task
-            self._last_step = None
-        self.progress.update(task, description=text, total=total or None, completed=completed)
+        super().__init__(stream, wide_when_piped=True)
 
     def update(self, event: dict[str, Any]) -> None:
         text = str(event.get("status", ""))
