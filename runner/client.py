@@ -178,6 +178,11 @@ class RunnerProcess:
         assert isinstance(reply, p.Tokens)
         return reply.tokens
 
+    async def set_threads(self, n_threads: int) -> None:
+        """Change the runner's CPU threads; it takes effect at its next decode step."""
+        with contextlib.suppress(zmq.ZMQError, RunnerError):
+            await self._send(p.SetThreads(n_threads))
+
     async def health(self, timeout: float = HEALTH_TIMEOUT) -> bool:
         """False when the runner does not answer in time; the pool then treats it as dead."""
         rid, queue = self._open()

@@ -122,13 +122,64 @@ def nvml_gpus(visible: tuple[str, ...] | None) -> tuple[GPU, ...]:
     return tuple(GPU(index=i, **d) for i, d in enumerate(_visible(devices, visible)))
 
 
+_announced: set[Path] = set()
+
+
 def read_inventory(*, gpus_file: Path | None = None, cpu_only: bool = False,
                    cuda_visible_devices: tuple[str, ...] | None = None) -> Inventory:
     if gpus_file is not None:
         inventory = simulated_inventory(gpus_file)
-        log.warning("SIMULATED GPU INVENTORY from %s: %d GPU(s) that are not really here; "
-                    "models will run on the CPU", gpus_file, len(inventory.gpus))
+        # Loudly the first time; every placement decision reads it again.
+        level = logging.DEBUG if gpus_file in _announced else logging.WARNING
+        _announced.add(gpus_file)
+        log.log(level, "SIMULATED GPU INVENTORY from %s: %d GPU(s) that are not really here; "
+                "models will run on the CPU", gpus_file, len(inventory.gpus))
         return inventory
     memory = psutil.virtual_memory()
     gpus = () if cpu_only else nvml_gpus(cuda_visible_devices)
     return Inventory(gpus=gpus, ram_total=memory.total, ram_free=memory.available)
+
+
+# NVML reports this (~0ULL) when a process's memory is not known (e.g. under WDDM).
+_NVML_NOT_AVAILABLE = 2**64 - 1
+
+
+def gpu_memory_by_pid(pids: set[int], nvml: Any = None) -> dict[int, int] | None:
+    """GPU memory each of `pids` really holds, summed over every GPU (NVML's compute processes);
+    None where there is no NVML. Inside a container NVML may report host PIDs, which then do not
+    match: those runners read as 0."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return None
+    used = dict.fromkeys(pids, 0)
+    try:
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            try:
+                processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except nvml.NVMLError:
+                continue  # e.g. a MIG parent or a GPU that fell off the bus: skip it
+            for proc in processes:
+                nbytes = proc.usedGpuMemory
+                if proc.pid in used and nbytes is not None and nbytes != _NVML_NOT_AVAILABLE:
+                    used[proc.pid] += int(nbytes)
+    finally:
+        nvml.nvmlShutdown()
+    return used
+
+
+def cpu_cores() -> int:
+    """Physical cores this process may run on: llama.cpp's threads spin, so hyper-threads and
+    cores outside our affinity mask only slow it down."""
+    physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    try:
+        allowed = len(psutil.Process().cpu_affinity() or ())
+    except (AttributeError, psutil.Error):
+        allowed = 0
+    return max(1, min(physical, allowed) if allowed else physical)

@@ -8,6 +8,10 @@ per-model `num_parallel` and the largest-slots-that-fit default.
 Placement order: the whole model on the single GPU with the most free memory if it fits; else
 split across the fewest GPUs that hold it (layers in proportion to free memory); else as many
 layers as fit on the GPUs and the rest on the CPU; else the CPU. `num_gpu` and `main_gpu` override.
+
+A model whose queue stays long gets another replica on GPUs its replicas do not use, when the
+whole model fits there without evicting anything (`plan_replica`); CPU runners share the cores
+(`cpu_threads`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from runner.inventory import GPU, Inventory
 from shared.errors import CorralError
 
 GPU_RESERVE = 457 * 1024**2  # what a CUDA context and driver keep per GPU (Ollama's figure)
+REPLICA_SETTLE = 1.0  # seconds a model's queue must stay long before it gets another replica
 
 
 class InsufficientMemory(CorralError):
@@ -248,3 +253,63 @@ def plan_model(shape: ModelShape, inventory: Inventory, residents: Sequence[Resi
                      max_loaded=max_loaded or 3 * max(len(inventory.gpus), 1),
                      num_gpu=num_gpu, main_gpu=main_gpu, overhead=overhead)
     return ModelPlan(need, parallel, plan)
+
+
+def with_residents(inventory: Inventory, residents: Sequence[Resident]) -> Inventory:
+    """A simulated inventory's GPUs as they are with `residents` loaded: their free figures are
+    fixed in a file, while NVML's real ones already count what the runners hold. (System memory
+    is left alone: the runners really run on the CPU, so psutil's figure already counts them.)"""
+    if not inventory.simulated:
+        return inventory
+    held: dict[int, int] = {}
+    for r in residents:
+        for index, nbytes in r.vram.items():
+            held[index] = held.get(index, 0) + nbytes
+    gpus = tuple(GPU(g.index, g.uuid, g.name, g.total, max(g.free - held.get(g.index, 0), 0),
+                     g.library) for g in inventory.gpus)
+    return Inventory(gpus, inventory.ram_total, inventory.ram_free, inventory.simulated,
+                     inventory.notes)
+
+
+def queue_is_long(waiting: int, slots: int, replicas: int) -> bool:
+    """A model's queue is long when the requests waiting beyond its busy slots would fill all
+    its replicas' slots once more."""
+    return replicas > 0 and waiting >= max(slots, 1) * replicas
+
+
+def plan_replica(estimate: Estimate, inventory: Inventory,
+                 replica_gpus: Sequence[tuple[int, ...]], *, waiting: int, slots: int,
+                 long_for: float, max_replicas: int, loaded: int, max_loaded: int,
+                 pinned: bool = False, overhead: int = 0,
+                 settle: float = REPLICA_SETTLE) -> Placement | None:
+    """Where to start one more replica of a model, or None.
+
+    Only when its waiting requests (beyond the busy slots) are at least as many as all its
+    replicas' slots and have been for `settle` seconds; only on GPUs none of its replicas uses,
+    holding the whole model in their free memory, so nothing is evicted for it; never on a
+    CPU-only inventory (a second CPU runner would only split the same cores), never for a
+    model pinned by `num_gpu`/`main_gpu`, never beyond `max_replicas` or `max_loaded`.
+    """
+    if not inventory.gpus or pinned or not replica_gpus:
+        return None
+    if len(replica_gpus) >= max_replicas or loaded >= max_loaded:
+        return None
+    if not queue_is_long(waiting, slots, len(replica_gpus)) or long_for < settle:
+        return None
+    used = {index for gpus in replica_gpus for index in gpus}
+    free = tuple(g for g in inventory.gpus if g.index not in used)
+    if not free:
+        return None
+    room = Inventory(free, inventory.ram_total, inventory.ram_free, inventory.simulated,
+                     inventory.notes)
+    placement = place(estimate, room, overhead=overhead)
+    if placement.ram > 0 or placement.gpu_layers < placement.total_layers:
+        return None  # it would spill onto the CPU: slower than waiting for the GPU replicas
+    return placement
+
+
+def cpu_threads(cores: int, cpu_runners: int) -> int:
+    """Threads for each runner that computes on the CPU: the cores divided among them. ggml's
+    threads spin-wait for each other, so runners that together want more threads than there are
+    cores make every one of them many times slower."""
+    return max(1, cores // max(cpu_runners, 1))

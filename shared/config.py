@@ -188,6 +188,7 @@ class Settings:
     cuda_visible_devices: tuple[str, ...] | None = None
     serve_registry: bool = False  # CORRAL_SERVE_REGISTRY: answer the OCI read side on /v2/
     gpus_file: Path | None = None  # CORRAL_GPUS: a JSON description of simulated GPUs
+    max_replicas: int = 2  # CORRAL_MAX_REPLICAS: runners of one hot model (GPUs only; 1 = off)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -256,6 +257,8 @@ class Settings:
             if not path.is_file():
                 raise ConfigError(f"CORRAL_GPUS={raw!r}: expected a JSON file describing GPUs")
             kwargs["gpus_file"] = path
+        if raw := get("CORRAL_MAX_REPLICAS"):
+            kwargs["max_replicas"] = _parse_int("CORRAL_MAX_REPLICAS", raw, minimum=1)
         if raw := get("CORRAL_SERVE_REGISTRY"):
             kwargs["serve_registry"] = _parse_bool("CORRAL_SERVE_REGISTRY", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.

@@ -78,6 +78,7 @@ def test_defaults() -> None:
     assert s.models == Path.home() / ".ollama" / "models"
     assert s.keep_alive == 300 and s.max_queue == 512 and s.kv_cache_type == "f16"
     assert s.flash_attention is None and s.cuda_visible_devices is None
+    assert s.max_replicas == 2
 
 
 def test_values_from_env(tmp_path: Path) -> None:
@@ -87,13 +88,14 @@ def test_values_from_env(tmp_path: Path) -> None:
         "OLLAMA_CONTEXT_LENGTH": "8192", "OLLAMA_FLASH_ATTENTION": "1",
         "OLLAMA_KV_CACHE_TYPE": "q8_0", "OLLAMA_LLM_LIBRARY": "cpu",
         "OLLAMA_GPU_OVERHEAD": "512MiB", "OLLAMA_DEBUG": "true", "OLLAMA_ORIGINS": "a://b, c://*",
-        "CUDA_VISIBLE_DEVICES": "1,0", "OLLAMA_TELEMETRY": "0",
+        "CUDA_VISIBLE_DEVICES": "1,0", "OLLAMA_TELEMETRY": "0", "CORRAL_MAX_REPLICAS": "4",
     })
     assert s.host.port == 1234 and s.models == tmp_path and math.isinf(s.keep_alive)
     assert (s.num_parallel, s.max_loaded_models, s.max_queue, s.context_length) == (4, 2, 10, 8192)
     assert s.flash_attention is True and s.kv_cache_type == "q8_0" and s.cpu_only
     assert s.gpu_overhead == 512 * 1024**2 and s.debug == 1
     assert s.origins == ("a://b", "c://*") and s.cuda_visible_devices == ("1", "0")
+    assert s.max_replicas == 4
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -106,6 +108,7 @@ def test_values_from_env(tmp_path: Path) -> None:
     ("OLLAMA_KV_CACHE_TYPE", "q2"),
     ("OLLAMA_GPU_OVERHEAD", "lots"),
     ("OLLAMA_DEBUG", "loud"),
+    ("CORRAL_MAX_REPLICAS", "0"),
 ])
 def test_malformed_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:

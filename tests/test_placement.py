@@ -8,15 +8,28 @@ from pathlib import Path
 import pytest
 
 from runner.estimate import Estimate
-from runner.inventory import GPU, Inventory, _visible, parse_size, simulated_inventory
+from runner.inventory import (
+    GPU,
+    Inventory,
+    _visible,
+    cpu_cores,
+    gpu_memory_by_pid,
+    parse_size,
+    simulated_inventory,
+)
 from runner.placement import (
     GPU_RESERVE,
+    REPLICA_SETTLE,
     InsufficientMemory,
     Resident,
     choose_parallel,
+    cpu_threads,
     eviction_order,
     place,
     plan_load,
+    plan_replica,
+    queue_is_long,
+    with_residents,
 )
 
 GiB = 1024**3
@@ -168,3 +181,111 @@ def test_simulated_inventory_file(tmp_path: Path) -> None:
     assert parse_size("512MiB") == 512 * 1024**2
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+# --- replicas ------------------------------------------------------------------------------------
+
+def replica(inventory: Inventory, replica_gpus: list[tuple[int, ...]], *, size: float = 6,
+            waiting: int = 4, slots: int = 4, long_for: float = REPLICA_SETTLE,
+            max_replicas: int = 2, loaded: int = 1, max_loaded: int = 6,
+            pinned: bool = False):  # noqa: ANN201
+    return plan_replica(model(size), inventory, replica_gpus, waiting=waiting, slots=slots,
+                        long_for=long_for, max_replicas=max_replicas, loaded=loaded,
+                        max_loaded=max_loaded, pinned=pinned)
+
+
+def test_replica_goes_to_a_gpu_its_model_does_not_use() -> None:
+    decision = replica(gpus(24, 24), [(0,)])
+    assert decision is not None and decision.gpus == (1,) and decision.ram == 0
+    assert decision.gpu_layers == decision.total_layers
+    third = replica(gpus(24, 24, 24), [(0,), (1,)], waiting=8, max_replicas=3, loaded=2)
+    assert third is not None and third.gpus == (2,)
+
+
+def test_replica_of_a_split_model_may_split_over_other_gpus() -> None:
+    decision = replica(gpus(16, 16, 16, 16), [(0, 1)], size=24)
+    assert decision is not None and set(decision.gpus) == {2, 3}
+
+
+@pytest.mark.parametrize(("why", "inventory", "replica_gpus", "overrides"), [
+    ("CPU only", CPU_ONLY, [()], {}),
+    ("queue short", gpus(24, 24), [(0,)], {"waiting": 3}),
+    ("queue not long for long enough", gpus(24, 24), [(0,)], {"long_for": 0.1}),
+    ("every GPU has a replica", gpus(24, 24), [(0,), (1,)], {"waiting": 8, "max_replicas": 4}),
+    ("at CORRAL_MAX_REPLICAS", gpus(24, 24, 24), [(0,), (1,)], {"waiting": 8}),
+    ("replicas off", gpus(24, 24), [(0,)], {"max_replicas": 1}),
+    ("no room without evicting", gpus(24, 4, total_gib=24), [(0,)], {}),
+    ("would spill onto the CPU", gpus(24, 24, 10), [(0, 1)], {"size": 30}),
+    ("at OLLAMA_MAX_LOADED_MODELS", gpus(24, 24), [(0,)], {"loaded": 3, "max_loaded": 3}),
+    ("pinned by num_gpu/main_gpu", gpus(24, 24), [(0,)], {"pinned": True}),
+    ("not loaded at all", gpus(24, 24), [], {}),
+])
+def test_no_replica(why: str, inventory: Inventory, replica_gpus: list[tuple[int, ...]],
+                    overrides: dict) -> None:
+    assert replica(inventory, replica_gpus, **overrides) is None, why
+
+
+def test_queue_is_long_counts_every_replicas_slots() -> None:
+    assert queue_is_long(1, 1, 1) and not queue_is_long(0, 1, 1)
+    assert queue_is_long(8, 4, 2) and not queue_is_long(7, 4, 2)
+    assert not queue_is_long(5, 4, 0)
+
+
+def test_simulated_inventory_counts_what_residents_hold() -> None:
+    base = gpus(24, 24)
+    simulated = Inventory(base.gpus, base.ram_total, base.ram_free, simulated=True)
+    residents = [resident("a", vram={0: 10 * GiB}, ram=2 * GiB)]
+    held = with_residents(simulated, residents)
+    assert held.gpus[0].free == 14 * GiB and held.gpus[1].free == 24 * GiB
+    assert held.ram_free == simulated.ram_free
+    assert with_residents(base, residents) is base  # NVML's free already counts them
+
+
+def test_cpu_threads_share_the_cores() -> None:
+    assert cpu_threads(8, 1) == 8 and cpu_threads(8, 2) == 4 and cpu_threads(8, 3) == 2
+    assert cpu_threads(2, 2) == 1 and cpu_threads(2, 5) == 1 and cpu_threads(4, 0) == 4
+    assert cpu_cores() >= 1
+
+
+# --- measured VRAM, with a fake NVML ---------------------------------------------------------
+
+class FakeNVML:
+    """pynvml's surface that gpu_memory_by_pid uses: two GPUs and their compute processes."""
+
+    class NVMLError(Exception):
+        pass
+
+    class Proc:
+        def __init__(self, pid: int, used: int | None) -> None:
+            self.pid, self.usedGpuMemory = pid, used
+
+    def __init__(self, processes: list[list[tuple[int, int | None]]], *,
+                 broken: bool = False) -> None:
+        self.processes, self.broken, self.shut = processes, broken, False
+
+    def nvmlInit(self) -> None:
+        if self.broken:
+            raise self.NVMLError("no driver")
+
+    def nvmlShutdown(self) -> None:
+        self.shut = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.processes)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Proc]:
+        if self.processes[handle] is None:
+            raise self.NVMLError("not supported")
+        return [self.Proc(pid, used) for pid, used in self.processes[handle]]
+
+
+def test_measured_vram_matches_runner_pids_over_all_gpus() -> None:
+    nvml = FakeNVML([[(100, 3 * GiB), (999, 5 * GiB)], [(100, 1 * GiB), (200, 2**64 - 1)]])
+    assert gpu_memory_by_pid({100, 200, 300}, nvml) == {100: 4 * GiB, 200: 0, 300: 0}
+    assert nvml.shut
+    assert gpu_memory_by_pid({100}, FakeNVML([None, [(100, GiB)]])) == {100: GiB}
+    assert gpu_memory_by_pid({100}, FakeNVML([[(100, None)]])) == {100: 0}
+    assert gpu_memory_by_pid({100}, FakeNVML([], broken=True)) is None

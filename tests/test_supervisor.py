@@ -16,6 +16,7 @@ import pytest
 
 from registry.manifest import MEDIA_PARAMS, Manifest
 from registry.store import Store
+from runner.inventory import cpu_cores
 from tests.conftest import ROOT, LiveServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -84,6 +85,13 @@ def test_queue_overflow_is_503(one_model_server: LiveServer) -> None:
         rejected = generate(server, MODEL, 2)
         assert rejected.status_code == 503
         assert "maximum pending requests exceeded" in rejected.json()["error"]
+        # The OpenAI endpoint answers the same in OpenAI's error shape (the SDKs raise
+        # InternalServerError for it and retry).
+        busy = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        assert busy.status_code == 503
+        assert busy.json()["error"]["type"] == "api_error"
+        assert "maximum pending requests" in busy.json()["error"]["message"]
         assert running.result().status_code == 200 and queued.result().status_code == 200
 
 
@@ -111,6 +119,54 @@ def test_simulated_gpus_plan_and_run_on_cpu(models_dir: Path, tmp_path: Path) ->
     finally:
         server.stop()
     assert "SIMULATED GPU INVENTORY" in (tmp_path / "serve.log").read_text()
+
+
+def test_hot_model_gets_a_replica_on_another_gpu(models_dir: Path, tmp_path: Path) -> None:
+    """Two simulated GPUs, one slot per runner: a queue that stays long starts a second runner
+    of the model (both really on this CPU, sharing its cores), and requests spread over both."""
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text(json.dumps({"gpus": [{"name": "sim-a", "total": "24GiB"},
+                                         {"name": "sim-b", "total": "24GiB"}]}))
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_GPUS=str(gpus),
+                          OLLAMA_NUM_PARALLEL="1", CORRAL_MAX_REPLICAS="2")
+
+    def ps_entry() -> dict:
+        [entry] = httpx.get(server.url + "/api/ps").json()["models"]
+        return entry
+
+    try:
+        assert generate(server, MODEL, 1).status_code == 200
+        assert ps_entry()["corral"]["replicas"] == 1
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            wave = [pool.submit(generate, server, MODEL, 16) for _ in range(6)]
+            assert all(f.result().status_code == 200 for f in wave)
+        deadline = time.monotonic() + 60
+        while (entry := ps_entry())["corral"]["replicas"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        extra = entry["corral"]
+        assert extra["replicas"] == 2 and extra["gpus"] == [0, 1]
+        pids = [r["pid"] for r in extra["runners"]]
+        assert len(set(pids)) == 2 and sorted(pids) == sorted(server.runner_pids())
+        assert [r["gpus"] for r in extra["runners"]] == [[0], [1]]
+        # Two CPU runners divide the cores between them instead of spinning against each other.
+        assert [r["threads"] for r in extra["runners"]] == [max(1, cpu_cores() // 2)] * 2
+        assert entry["size"] == 2 * extra["estimate"]["total"] and entry["size_vram"] == 0
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            wave = [pool.submit(generate, server, MODEL, 4) for _ in range(4)]
+            assert all(f.result().status_code == 200 for f in wave)
+        assert sorted(server.runner_pids()) == sorted(pids)  # spread, not reloaded
+
+        # Unloading the model stops every replica.
+        done = httpx.post(server.url + "/api/generate", timeout=60,
+                          json={"model": MODEL, "keep_alive": 0}).json()
+        assert done["done_reason"] == "unload"
+        assert httpx.get(server.url + "/api/ps").json()["models"] == []
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                       for pid in pids)
+    finally:
+        server.stop()
+    assert "starting replica 2" in (tmp_path / "serve.log").read_text()
 
 
 def test_plan_command(models_dir: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def add_plan_parser(sub: Any) -> None:
 
 
 def _residents() -> list[Resident]:
-    """Runners loaded by a server on OLLAMA_HOST, if one is running."""
+    """Runners loaded by a server on OLLAMA_HOST, if one is running: one per replica."""
     try:
         with Client(connect_timeout=2.0) as client:
             running = client.get("/api/ps").get("models", [])
@@ -46,12 +46,19 @@ def _residents() -> list[Resident]:
     residents = []
     for m in running:
         extra = m.get("corral") or {}
-        gpus = extra.get("gpus") or []
-        vram = {g: m.get("size_vram", 0) // len(gpus) for g in gpus} if gpus else {}
+        runners = extra.get("runners") or [{"gpus": extra.get("gpus") or [],
+                                            "active": extra.get("active")}]
+        # /api/ps sums sizes over replicas; each replica holds an equal share.
+        size_vram = m.get("size_vram", 0) // len(runners)
+        ram = (m.get("size", 0) - m.get("size_vram", 0)) // len(runners)
         keep = extra.get("keep_alive")
-        residents.append(Resident(m["digest"], bool(extra.get("active")),
-                                  float("inf") if keep is None else keep, 0.0, vram,
-                                  m.get("size", 0) - m.get("size_vram", 0)))
+        for runner in runners:
+            gpus = runner.get("gpus") or []
+            vram = {g: size_vram // len(gpus) for g in gpus} if gpus else {}
+            name = m.get("name") or m["digest"]
+            key = name if len(runners) == 1 else f"{name} (pid {runner.get('pid')})"
+            residents.append(Resident(key, bool(runner.get("active")),
+                                      float("inf") if keep is None else keep, 0.0, vram, ram))
     return residents
 
 
