@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.options import check_options, load_request, merge_options, sampling_options
+from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from registry import gotemplate
 from registry.store import LocalModel, Store
 from runner.pool import LoadedRunner, RunnerPool
@@ -74,41 +75,114 @@ def check_messages(raw: Any) -> list[Message]:
             raise BadRequest("message content must be a string")
         if item.get("images"):
             raise BadRequest("this model does not support images")
-        messages.append({**item, "role": role.lower(), "content": content or ""})
+        message = {**item, "role": role.lower(), "content": content or ""}
+        if item.get("tool_calls") is not None:
+            message["tool_calls"] = _check_calls(item["tool_calls"])
+        messages.append(message)
     return messages
+
+
+def _check_calls(raw: Any) -> list[Message]:
+    """An assistant message's tool_calls: each names a function; arguments are an object."""
+    if not isinstance(raw, list):
+        raise BadRequest("tool_calls must be an array")
+    for call in raw:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise BadRequest("each tool call needs function.name")
+        if not isinstance(fn.get("arguments", {}), dict):
+            raise BadRequest("tool call arguments must be a JSON object")
+    return raw
+
+
+@dataclass
+class ToolCalls:
+    """Tool calls parsed from the model's text (an event of a Generation with tools)."""
+
+    calls: list[Message]
+
+
+Event = p.Chunk | ToolCalls | p.Done
+
+
+@dataclass
+class Collected:
+    """A whole reply, for non-streaming responses."""
+
+    text: str
+    done: p.Done
+    tool_calls: list[Message] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class Generation:
     """A started generation: its first message has arrived, so a failure before any output
-    (unknown model, load error, prompt too long) raises before the HTTP status is sent."""
+    (unknown model, load error, prompt too long) raises before the HTTP status is sent.
 
-    def __init__(self, first: p.Chunk | p.Done, rest: AsyncIterator[p.Chunk | p.Done]) -> None:
+    With a `CallParser`, the model's text is split into content chunks and `ToolCalls` events.
+    """
+
+    def __init__(self, first: p.Chunk | p.Done, rest: AsyncIterator[p.Chunk | p.Done],
+                 parser: CallParser | None = None) -> None:
         self._first: p.Chunk | p.Done | None = first
         self._rest = rest
+        self.parser = parser
 
     @classmethod
-    async def start(cls, stream: AsyncIterator[p.Chunk | p.Done]) -> Generation:
+    async def start(cls, stream: AsyncIterator[p.Chunk | p.Done],
+                    parser: CallParser | None = None) -> Generation:
         try:
             first = await anext(stream)
         except BaseException:
             await stream.aclose()
             raise
-        return cls(first, stream)
+        return cls(first, stream, parser)
 
-    async def __aiter__(self) -> AsyncIterator[p.Chunk | p.Done]:
+    async def _messages(self) -> AsyncIterator[p.Chunk | p.Done]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
         async for message in self._rest:
             yield message
 
-    async def collect(self) -> tuple[str, p.Done]:
-        """All the text and the final message, for non-streaming replies."""
-        parts: list[str] = []
-        async for message in self:
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        parser = self.parser
+        if parser is None:
+            async for message in self._messages():
+                yield message
+            return
+        held: list[dict[str, Any]] = []  # logprobs of text the parser holds back
+        async for message in self._messages():
+            if isinstance(message, p.Chunk):
+                text, calls = parser.feed(message.text)
+                held.extend(message.logprobs or ())
+            else:
+                text, calls = parser.finish()
+            if text:
+                yield p.Chunk(0, text, held or None)
+                held = []
+            if calls:
+                yield ToolCalls(calls)
             if isinstance(message, p.Done):
-                return "".join(parts), message
-            parts.append(message.text)
+                yield message
+
+    async def aclose(self) -> None:
+        """Stop early: the runner cancels the sequence."""
+        await self._rest.aclose()
+
+    async def collect(self) -> Collected:
+        """All the text, calls and logprobs, and the final message."""
+        parts: list[str] = []
+        calls: list[Message] = []
+        logprobs: list[dict[str, Any]] = []
+        async for event in self:
+            if isinstance(event, p.Done):
+                return Collected("".join(parts), event, calls, logprobs)
+            if isinstance(event, ToolCalls):
+                calls.extend(event.calls)
+            else:
+                parts.append(event.text)
+                logprobs.extend(event.logprobs or ())
         raise CorralError("the runner ended the stream without a final message")
 
 
@@ -122,6 +196,18 @@ def vector(raw: bytes, dimensions: int | None = None) -> list[float]:
     head = floats[:dimensions]
     norm = math.sqrt(sum(v * v for v in head)) or 1.0
     return [v / norm for v in head]
+
+
+@dataclass
+class ToolUse:
+    """The tools a request offers, the model's call format, and a grammar if a call is forced."""
+
+    tools: list[Tool]
+    format: CallFormat
+    grammar: str | None = None
+
+    def parser(self) -> CallParser:
+        return CallParser(self.format, self.tools)
 
 
 class Inference:
@@ -149,7 +235,8 @@ class Inference:
         load.adapters = [str(path) for path in model.adapter_paths]  # ADAPTER layers (LoRA)
         return Job(model, options, load, parse_keep_alive(keep_alive))
 
-    def template_prompt(self, model: LocalModel, messages: list[Message]) -> str | None:
+    def template_prompt(self, model: LocalModel, messages: list[Message],
+                        tools: list[Tool] | None = None) -> str | None:
         """The prompt from the model's TEMPLATE layer (Go template), or None to let the runner
         render with the GGUF's chat template / family format (no template layer, or Ollama's
         `{{ .Prompt }}` placeholder). Templates are checked when a model is created; one that
@@ -159,11 +246,21 @@ class Inference:
             return None
         assert text is not None
         try:
-            return gotemplate.render_chat(text, messages)
+            return gotemplate.render_chat(text, messages, tools=tools)
         except gotemplate.TemplateError as exc:
             log.warning("%s: cannot use its TEMPLATE (%s); using the GGUF's chat format",
                         model.display(), exc)
             return None
+
+    def fill_in_middle(self, model: LocalModel, prompt: str, suffix: str) -> str:
+        """The prompt for code between `prompt` and `suffix`, from the model's TEMPLATE run on
+        .Prompt and .Suffix (as Ollama does); the result is sent raw."""
+        if "insert" not in model.capabilities or gotemplate.is_passthrough(model.template):
+            raise BadRequest(f"{model.name.full()} does not support insert")
+        try:
+            return gotemplate.render_chat(model.template or "", [], prompt=prompt, suffix=suffix)
+        except gotemplate.TemplateError as exc:
+            raise BadRequest(f"{model.display()}: cannot render its TEMPLATE: {exc}") from None
 
     def chat_messages(self, model: LocalModel, messages: list[Message]) -> list[Message]:
         """The model's MESSAGE history, then the request's; the model's SYSTEM goes first unless
@@ -184,14 +281,31 @@ class Inference:
     async def generate(self, job: Job, *, prompt: str | None = None,
                        messages: list[Message] | None = None, truncate: bool = True,
                        context: list[int] | None = None, format_: Any = None,
-                       shift: bool = True) -> Generation:
+                       shift: bool = True, tools: ToolUse | None = None,
+                       logprobs: int = -1) -> Generation:
+        """Start a generation. With `tools` the prompt offers them and the reply is parsed for
+        calls (and forced to be one when the tool choice says so)."""
+        tool_list = tools.tools if tools else None
         if prompt is None and messages is not None:
-            rendered = self.template_prompt(job.model, messages)
+            rendered = self.template_prompt(job.model, messages, tool_list)
             if rendered is not None:  # the stop strings come from the model's params
                 prompt, messages = rendered, None
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
-                             context, format_ or None, shift)
-        return await Generation.start(self._stream(job, request))
+                             context, format_ or None, shift, tools=tool_list,
+                             grammar=tools.grammar if tools else None, logprobs=logprobs)
+        parser = tools.parser() if tools else None
+        return await Generation.start(self._stream(job, request), parser)
+
+    def tool_use(self, model: LocalModel, tools: list[Tool], choice: str | None, *,
+                 parallel: bool = True) -> ToolUse | None:
+        """How a request uses tools: None when it offers none (or tool_choice is "none")."""
+        if not tools or choice == "none":
+            return None
+        if "tools" not in model.capabilities:
+            raise BadRequest(f"{model.name.full()} does not support tools")
+        fmt = call_format(model)
+        grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) if choice else None
+        return ToolUse(tools, fmt, grammar)
 
     async def _stream(self, job: Job, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:
         async with self.lease(job) as entry:

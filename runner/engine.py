@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from runner.embedding import Embedder
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
-from runner.sampling import Sampler, uses_penalties
+from runner.sampling import MAX_TOP_LOGPROBS, Sampler, token_logprobs, uses_penalties
 from runner.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
@@ -61,6 +62,10 @@ class Sequence:
     last_token: int = -1
     started_ns: int = 0
     first_token_ns: int = 0
+    logprobs: int = -1  # -1: none; else how many alternatives to report per token
+    # Logprob entries of tokens whose text the stream still holds back: they go out with the
+    # next chunk.
+    pending_logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +83,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def _drop_swallowed(entries: list[dict[str, Any]], n_bytes: int) -> None:
+    """Drop the newest entries whose bytes lie wholly in the `n_bytes` a stop string cut off; a
+    token with some text before the stop keeps its entry."""
+    while entries and n_bytes > 0 and len(entries[-1]["bytes"]) <= n_bytes:
+        n_bytes -= len(entries.pop()["bytes"])
 
 
 class Engine:
@@ -219,10 +231,11 @@ class Engine:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def _render(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+                ) -> tuple[list[int], tuple[str, ...]]:
         rendered = render_messages(messages, chat_template=self.chat_template,
                                    family=self.architecture, bos_token=self.bos_text,
-                                   eos_token=self.eos_text)
+                                   eos_token=self.eos_text, tools=tools)
         return self.tokenize(rendered.text), rendered.stops
 
     def prompt_tokens(self, request: p.Generate) -> tuple[list[int], tuple[str, ...]]:
@@ -231,7 +244,7 @@ class Engine:
         stops: tuple[str, ...] = ()
         if request.messages is not None:
             messages = list(request.messages)
-            tokens, stops = self._render(messages)
+            tokens, stops = self._render(messages, request.tools)
             # Like Ollama: drop the oldest non-system messages until the prompt fits; system
             # messages and the newest message always stay.
             while len(tokens) > limit and request.truncate:
@@ -239,7 +252,7 @@ class Engine:
                 if not droppable:
                     break
                 del messages[droppable[0]]
-                tokens, stops = self._render(messages)
+                tokens, stops = self._render(messages, request.tools)
         else:
             tokens = self.tokenize(request.prompt or "")
         if request.context:
@@ -278,7 +291,10 @@ class Engine:
             num_predict = 10 * self.n_ctx  # Ollama's cap
         self.queue.append(Sequence(
             request.id, tokens, options, TextStream(stops),
-            grammar=grammar_for(request.format), shift=request.shift, num_predict=num_predict,
+            # A raw grammar (the gateway's, for forced tool calls) wins over `format`.
+            grammar=request.grammar or grammar_for(request.format), shift=request.shift,
+            num_predict=num_predict,
+            logprobs=min(request.logprobs, MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
         ))
 
     def cancel(self, request_id: int) -> bool:
@@ -392,10 +408,10 @@ class Engine:
         for seq, index in wants:
             assert seq.sampler is not None
             token = seq.sampler.sample(self.ctx, index)
-            out.extend(self._on_token(seq, token))
+            out.extend(self._on_token(seq, token, index))
         return out
 
-    def _on_token(self, seq: Sequence, token: int) -> Iterator[p.Message]:
+    def _on_token(self, seq: Sequence, token: int, index: int) -> Iterator[p.Message]:
         now = time.perf_counter_ns()
         if not seq.first_token_ns:
             seq.first_token_ns = now
@@ -404,9 +420,13 @@ class Engine:
             return
         seq.generated.append(token)
         seq.last_token = token
+        if seq.logprobs >= 0:  # only sequences that asked pay for the softmax
+            seq.pending_logprobs.append(self._logprob_entry(index, token, seq.logprobs))
         text, stopped = seq.text.push(self.piece(token))
+        if stopped and seq.logprobs >= 0:
+            _drop_swallowed(seq.pending_logprobs, len(seq.text.dropped.encode()))
         if text:
-            yield p.Chunk(seq.request_id, text)
+            yield p.Chunk(seq.request_id, text, self._take_logprobs(seq))
         if stopped:
             yield from self._finish(seq, "stop", now)
             return
@@ -414,6 +434,28 @@ class Engine:
         context_full = seq.n_past + 1 >= self.n_ctx and not self._shift(seq)
         if predicted_all or context_full:
             yield from self._finish(seq, "length", now)
+
+    def _logprob_entry(self, index: int, token: int, k: int) -> dict[str, Any]:
+        """The token's entry, from the raw logits of its batch position (sampling leaves them
+        untouched)."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index),
+                                       shape=(self.n_vocab,))
+        logprob, top = token_logprobs(logits, token, k)
+        entry = self._token_logprob(token, logprob)
+        entry["top_logprobs"] = [self._token_logprob(t, lp) for t, lp in top]
+        return entry
+
+    def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:
+        piece = self.piece(token)
+        return {"token": piece.decode("utf-8", "replace"), "logprob": logprob,
+                "bytes": list(piece)}
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> list[dict[str, Any]] | None:
+        if seq.logprobs < 0:
+            return None
+        entries, seq.pending_logprobs = seq.pending_logprobs, []
+        return entries
 
     def _shift(self, seq: Sequence) -> bool:
         """Context full: keep num_keep tokens, drop half of the rest, slide the remainder down."""
@@ -432,8 +474,8 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str, now: int) -> Iterator[p.Message]:
         rest = seq.text.flush()  # after a stop string this is empty: push() cleared it
-        if rest:
-            yield p.Chunk(seq.request_id, rest)
+        if rest or seq.pending_logprobs:  # entries of text-less tokens still go out
+            yield p.Chunk(seq.request_id, rest, self._take_logprobs(seq))
         yield p.Done(
             id=seq.request_id,
             done_reason=reason,

@@ -7,7 +7,9 @@ we know no format for. Each format also names the stop strings that end an assis
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +37,25 @@ def _text(message: Message) -> str:
     return content if isinstance(content, str) else str(content)
 
 
+def _tool_call_json(call: dict[str, Any]) -> str:
+    """One call as `{"name": ..., "arguments": {...}}`, the shape tool-trained models emit."""
+    function = call.get("function") or call
+    if not isinstance(function, dict):
+        function = {}
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):  # OpenAI clients send arguments as a JSON string
+        with contextlib.suppress(ValueError):  # not JSON: keep the string
+            arguments = json.loads(arguments)
+    return json.dumps({"name": function.get("name", ""), "arguments": arguments},
+                      ensure_ascii=False)
+
+
+def _assistant_text(message: Message) -> str:
+    """An assistant turn's text: its content, then each tool call it made on a line of its own."""
+    calls = [_tool_call_json(c) for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    return "\n".join(part for part in (_text(message), *calls) if part)
+
+
 def render_gemma(messages: Sequence[Message]) -> RenderedPrompt:
     """Gemma's turns. Gemma has no system role: system text opens the first user turn."""
     system = "\n\n".join(_text(m) for m in messages if m.get("role") == "system")
@@ -43,10 +64,10 @@ def render_gemma(messages: Sequence[Message]) -> RenderedPrompt:
         role = message.get("role")
         if role == "system":
             continue
-        content = _text(message)
         if role == "assistant":
-            parts.append(f"<start_of_turn>model\n{content}<end_of_turn>\n")
+            parts.append(f"<start_of_turn>model\n{_assistant_text(message)}<end_of_turn>\n")
             continue
+        content = _text(message)  # user and tool turns: Gemma has no tool role
         if system:  # first user (or tool) turn carries the system text
             content, system = f"{system}\n\n{content}", ""
         parts.append(f"<start_of_turn>user\n{content}<end_of_turn>\n")
@@ -57,7 +78,11 @@ def render_gemma(messages: Sequence[Message]) -> RenderedPrompt:
 
 
 def render_chatml(messages: Sequence[Message]) -> RenderedPrompt:
-    parts = [f"<|im_start|>{m.get('role', 'user')}\n{_text(m)}<|im_end|>\n" for m in messages]
+    parts = []
+    for message in messages:
+        role = message.get("role", "user")
+        text = _assistant_text(message) if role == "assistant" else _text(message)
+        parts.append(f"<|im_start|>{role}\n{text}<|im_end|>\n")
     parts.append("<|im_start|>assistant\n")
     return RenderedPrompt("".join(parts), ("<|im_end|>",))
 

@@ -137,3 +137,25 @@ class Sampler:
         llama_cpp.llama_sampler_free(self.chain)
         if self.grammar is not None:
             llama_cpp.llama_sampler_free(self.grammar)
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+def token_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of `token` under softmax(logits), and the k most likely tokens with
+    theirs, most likely first (equal logits: lower id first, as greedy picks).
+
+    Computed from the raw logits, before penalties, temperature or truncation: what the model
+    itself thought, as OpenAI and Ollama report it.
+    """
+    top = float(logits.max())
+    # log-sum-exp with the max taken out, so nothing overflows; summed in float64.
+    log_total = top + math.log(float(np.exp(logits - top).sum(dtype=np.float64)))
+    chosen = min(float(logits[token]) - log_total, 0.0)
+    k = min(k, MAX_TOP_LOGPROBS, logits.shape[0])
+    if k <= 0:
+        return chosen, []
+    ids = np.argpartition(logits, -k)[-k:]
+    ids = ids[np.lexsort((ids, -logits[ids]))]  # by logit descending, then id
+    return chosen, [(int(i), min(float(logits[i]) - log_total, 0.0)) for i in ids]

@@ -11,12 +11,15 @@ import codecs
 
 
 class TextStream:
-    __slots__ = ("_decoder", "_held", "_stops")
+    __slots__ = ("_decoder", "_held", "_stops", "dropped")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._held = ""
         self._stops = tuple(s for s in stops if s)
+        # The text a matched stop string cut off (the stop and anything after it), so that the
+        # caller can drop what belonged to it too (the swallowed tokens' logprobs).
+        self.dropped = ""
 
     def push(self, piece: bytes) -> tuple[str, bool]:
         """Add one token's bytes; returns (text safe to send now, whether a stop string hit)."""
@@ -28,6 +31,7 @@ class TextStream:
         hits = [at for at in (text.find(stop) for stop in self._stops) if at >= 0]
         if hits:
             self._held = ""
+            self.dropped = text[min(hits):]
             return text[:min(hits)], True
         keep = self._held_back(text)
         self._held = text[len(text) - keep:] if keep else ""

@@ -50,6 +50,9 @@ class Generate:
     context: list[int] | None = None  # token ids from an earlier /api/generate reply, prepended
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema: constrained sampling
     shift: bool = True  # when the context fills: shift it (True) or stop with "length" (False)
+    tools: list[dict[str, Any]] | None = None  # function tools, for the GGUF's Jinja template
+    grammar: str | None = None  # GBNF that wins over `format` (forced tool calls)
+    logprobs: int = -1  # -1: none; k >= 0: each token's logprob and its k most likely rivals
 
 
 @dataclass(slots=True)
@@ -88,6 +91,15 @@ class Shutdown:
     TAG: ClassVar[int] = 7
 
 
+@dataclass(slots=True)
+class SetThreads:
+    """Change the CPU threads of a loaded runner (no reply): the supervisor divides the cores
+    among the runners that compute on the CPU as they come and go."""
+
+    TAG: ClassVar[int] = 8
+    n_threads: int
+
+
 # --- runner -> gateway -------------------------------------------------------------------------
 
 
@@ -110,6 +122,9 @@ class Chunk:
     TAG: ClassVar[int] = 21
     id: int
     text: str
+    # When asked for: one {"token", "logprob", "bytes", "top_logprobs": [...]} per token whose
+    # text this chunk completes (OpenAI's and Ollama's shape, so the gateway passes it through).
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -158,13 +173,13 @@ class HealthReply:
 
 Message = (
     Load | Generate | Cancel | Embed | Tokenize | Health | Shutdown
-    | Ready | Chunk | Done | Error | Embeddings | Tokens | HealthReply
+    | Ready | Chunk | Done | Error | Embeddings | Tokens | HealthReply | SetThreads
 )
 
 _BY_TAG: dict[int, type] = {
     cls.TAG: cls
     for cls in (Load, Generate, Cancel, Embed, Tokenize, Health, Shutdown,
-                Ready, Chunk, Done, Error, Embeddings, Tokens, HealthReply)
+                Ready, Chunk, Done, Error, Embeddings, Tokens, HealthReply, SetThreads)
 }
 
 _packer = msgpack.Packer(use_bin_type=True)

@@ -138,3 +138,23 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client) -
     unloaded = client.generate(MODEL, "", keep_alive=0)
     assert unloaded.done_reason == "unload"
     assert MODEL not in [m.model for m in client.ps().models]
+
+
+def test_logprobs_on_generate_and_chat(client: ollama.Client, corral_server: LiveServer
+                                       ) -> None:
+    reply = httpx.post(corral_server.url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "The sky is", "raw": True, "stream": False, "logprobs": True,
+        "top_logprobs": 2, "options": {"num_predict": 5, "temperature": 0}}).json()
+    entries = reply["logprobs"]
+    assert len(entries) == reply["eval_count"] == 5
+    assert "".join(e["token"] for e in entries) == reply["response"]
+    assert all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in entries)
+
+    chat = httpx.post(corral_server.url + "/api/chat", timeout=120, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True,
+        "stream": False, "options": {"num_predict": 4, "temperature": 0}}).json()
+    assert len(chat["logprobs"]) == 4 and all(e["top_logprobs"] == [] for e in chat["logprobs"])
+
+    bad = httpx.post(corral_server.url + "/api/generate", json={
+        "model": MODEL, "prompt": "x", "logprobs": True, "top_logprobs": 21})
+    assert bad.status_code == 400 and "top_logprobs" in bad.json()["error"]

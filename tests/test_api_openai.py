@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 from array import array
 
+import httpx
 import openai
 import pytest
 
@@ -17,7 +19,7 @@ MODEL = "gemma3:270m"
 
 @pytest.fixture
 def client(corral_server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=corral_server.url + "/v1", api_key="unused")
+    return openai.OpenAI(base_url=corral_server.url + "/v1", api_key="unused", max_retries=0)
 
 
 def test_models_list_and_get(client: openai.OpenAI) -> None:
@@ -87,3 +89,158 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
     encoded = client.embeddings.create(model=MODEL, input="hello", encoding_format="base64")
     decoded = array("f", base64.b64decode(encoded.data[0].embedding)).tolist()
     assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+
+
+ASK = [{"role": "user", "content": "Write a sentence about the sea."}]
+
+
+def test_sampling_parameters_round_trip(client: openai.OpenAI) -> None:
+    greedy = dict(model=MODEL, messages=ASK, max_completion_tokens=12, temperature=0)
+    whole = client.chat.completions.create(**greedy).choices[0].message.content
+    assert whole
+    # A stop string cuts the same greedy text right before it.
+    stop = whole.split()[2]
+    cut = client.chat.completions.create(**greedy, stop=[stop, "\n\n\n"]).choices[0]
+    assert cut.message.content == whole[:whole.index(stop)] and cut.finish_reason == "stop"
+
+    # The same seed at temperature 1 samples the same text; the penalties and top_p are taken.
+    sampled = dict(model=MODEL, messages=ASK, max_tokens=12, temperature=1.0, top_p=0.9,
+                   frequency_penalty=0.5, presence_penalty=0.5, user="someone")
+    first = client.chat.completions.create(**sampled, seed=7).choices[0].message.content
+    again = client.chat.completions.create(**sampled, seed=7).choices[0].message.content
+    assert first == again
+    others = {client.chat.completions.create(**sampled, seed=s).choices[0].message.content
+              for s in (8, 9, 10)}
+    assert others != {first}
+
+
+def test_ollama_options_as_extra_body(client: openai.OpenAI, corral_server: LiveServer) -> None:
+    client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2,
+                                   extra_body={"num_ctx": 8192, "top_k": 5, "keep_alive": "7m"})
+    ps = httpx.get(corral_server.url + "/api/ps").json()["models"]
+    assert any(m["name"] == MODEL and m["context_length"] == 8192 for m in ps)
+    with pytest.raises(openai.BadRequestError, match="num_ctx"):
+        client.chat.completions.create(model=MODEL, messages=ASK, extra_body={"num_ctx": "big"})
+
+
+def test_n_choices_are_decoded_together(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=ASK, n=3, max_tokens=6,
+                                           temperature=1.0, seed=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) > 1  # seeds 3, 4, 5
+    assert reply.usage.completion_tokens == 18  # every choice's tokens, the prompt once
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, n=3, max_tokens=6,
+                                                 temperature=1.0, seed=3, stream=True))
+    texts = ["".join(c.choices[0].delta.content or "" for c in chunks
+                     if c.choices and c.choices[0].index == i) for i in range(3)]
+    assert texts == [c.message.content for c in reply.choices]
+
+
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=6,
+                                           temperature=0, logprobs=True, top_logprobs=3)
+    entries = reply.choices[0].logprobs.content
+    assert len(entries) == reply.usage.completion_tokens == 6
+    assert "".join(e.token for e in entries) == reply.choices[0].message.content
+    for entry in entries:
+        ranked = [t.logprob for t in entry.top_logprobs]
+        assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token and entry.logprob <= 0
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+    streamed = [e for c in client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3,
+        stream=True) if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2
+                                          ).choices[0].logprobs is None
+
+
+def test_json_schema_output_validates(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "tags": {"type": "array", "maxItems": 3,
+                                                        "items": {"type": "string"}}},
+              "required": ["name", "tags"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Describe a cat as JSON."}],
+        max_tokens=80, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "cat", "schema": schema}})
+    data = json.loads(reply.choices[0].message.content)
+    assert set(data) == {"name", "tags"} and isinstance(data["name"], str)
+    assert len(data["tags"]) <= 3 and all(isinstance(tag, str) for tag in data["tags"])
+
+
+def test_content_parts_and_developer_role(client: openai.OpenAI) -> None:
+    parts = [{"type": "text", "text": "Write a sentence "},
+             {"type": "text", "text": "about the sea."}]
+    as_parts = client.chat.completions.create(
+        model=MODEL, max_tokens=6, temperature=0,
+        messages=[{"role": "developer", "content": "Be brief."},
+                  {"role": "user", "content": parts}])
+    as_text = client.chat.completions.create(
+        model=MODEL, max_tokens=6, temperature=0,
+        messages=[{"role": "system", "content": "Be brief."}, *ASK])
+    assert as_parts.choices[0].message.content == as_text.choices[0].message.content
+
+
+def test_completions_prompts_n_echo_logprobs(client: openai.OpenAI) -> None:
+    prompts = ["The sky is", "Water is"]
+    reply = client.completions.create(model=MODEL, prompt=prompts, n=2, max_tokens=4,
+                                      temperature=0, echo=True, logprobs=2)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    for choice in reply.choices:
+        prompt = prompts[choice.index // 2]
+        assert choice.text.startswith(prompt)
+        generated = choice.text[len(prompt):]
+        assert "".join(choice.logprobs.tokens) == generated
+        assert choice.logprobs.text_offset[0] == len(prompt)
+        assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    assert reply.usage.completion_tokens == 16
+    chunks = list(client.completions.create(model=MODEL, prompt="The sky is", max_tokens=4,
+                                            temperature=0, echo=True, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == reply.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 4
+
+
+def test_embeddings_dimensions(client: openai.OpenAI) -> None:
+    short = client.embeddings.create(model=MODEL, input="hello", dimensions=8).data[0].embedding
+    assert len(short) == 8 and sum(v * v for v in short) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]},
+     "image input is not supported"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
+     "image URLs are not currently supported"),
+    ({"messages": ASK, "n": 0}, "n must be between"),
+    ({"messages": ASK, "logprobs": True, "top_logprobs": 40}, "top_logprobs"),
+    ({"messages": ASK, "temperature": "hot"}, "temperature"),
+    ({"messages": ASK, "stop": 5}, "stop"),
+    ({"messages": ASK, "response_format": {"type": "yaml"}}, "response_format"),
+    ({"messages": ASK, "max_tokens": 0}, "max_tokens"),
+    ({"messages": "hello"}, "messages"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
+     "not valid JSON"),
+])
+def test_bad_chat_requests_raise_bad_request(client: openai.OpenAI, kwargs: dict, match: str
+                                             ) -> None:
+    with pytest.raises(openai.BadRequestError, match=match) as err:
+        client.chat.completions.create(model=MODEL, **kwargs)
+    assert err.value.status_code == 400 and err.value.body["type"] == "invalid_request_error"
+
+
+def test_bad_completion_and_embedding_requests(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="does not support insert"):
+        client.completions.create(model=MODEL, prompt="def f(", suffix="return x")
+    with pytest.raises(openai.BadRequestError, match="token arrays"):
+        client.completions.create(model=MODEL, prompt=[1, 2, 3])
+    with pytest.raises(openai.BadRequestError, match="encoding_format"):
+        client.embeddings.create(model=MODEL, input="x",
+                                 encoding_format="int8")  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="x")

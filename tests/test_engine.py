@@ -225,3 +225,107 @@ def test_embedding_too_long_without_truncate(engine) -> None:  # noqa: ANN001
 
 def test_model_path_fixture_is_real(model_path: str) -> None:
     assert Path(model_path).stat().st_size > 200_000_000
+
+
+def run_with_logprobs(engine, request: p.Generate  # noqa: ANN001
+                      ) -> tuple[str, list[list[dict] | None], p.Done | p.Error | None]:
+    """Drive one request; its text, each chunk's logprobs field, and its final message."""
+    texts: list[str] = []
+    fields: list[list[dict] | None] = []
+    final = None
+    engine.submit(request)
+    while engine.busy:
+        for message in engine.step():
+            if isinstance(message, p.Chunk):
+                texts.append(message.text)
+                fields.append(message.logprobs)
+            else:
+                final = message
+    return "".join(texts), fields, final
+
+
+def test_logprobs_describe_every_generated_token(engine) -> None:  # noqa: ANN001
+    request = generate(engine, prompt="The capital of France is", logprobs=3)
+    text, fields, done = run_with_logprobs(engine, request)
+    assert isinstance(done, p.Done) and done.eval_count > 0
+    entries = [entry for field in fields for entry in field]
+    assert len(entries) == done.eval_count  # a raw prompt has no stop strings
+    generated = done.context[done.prompt_eval_count:]
+    assert [bytes(e["bytes"]) for e in entries] == [engine.piece(t) for t in generated]
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode() == text
+    for entry in entries:
+        assert entry["token"] == bytes(entry["bytes"]).decode("utf-8", "replace")
+        top = entry["top_logprobs"]
+        assert len(top) == 3
+        values = [alt["logprob"] for alt in top]
+        assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+        assert entry["logprob"] <= 0
+        # Greedy picks the most likely token.
+        assert top[0]["token"] == entry["token"] and top[0]["bytes"] == entry["bytes"]
+        assert top[0]["logprob"] == pytest.approx(entry["logprob"])
+    # From the raw logits, not greedy's collapsed distribution (where every pick has p = 1).
+    assert any(entry["logprob"] < -1e-3 for entry in entries)
+
+
+def test_logprobs_come_from_raw_logits_and_do_not_change_the_text(engine) -> None:  # noqa: ANN001
+    prompt = "Monday, Tuesday,"
+    plain_text, plain_fields, _ = run_with_logprobs(engine, generate(engine, prompt=prompt))
+    assert plain_fields and all(field is None for field in plain_fields)
+    greedy_text, greedy_fields, _ = run_with_logprobs(
+        engine, generate(engine, prompt=prompt, logprobs=0))
+    assert greedy_text == plain_text
+    greedy = [entry for field in greedy_fields for entry in field]
+    assert all(entry["top_logprobs"] == [] for entry in greedy)
+    # top_k 1 makes a hot temperature pick greedily too; neither may bend the logprobs.
+    hot = generate(engine, prompt=prompt, logprobs=0,
+                   options={"temperature": 1.7, "top_k": 1, "seed": 3, "num_predict": 16})
+    hot_text, hot_fields, _ = run_with_logprobs(engine, hot)
+    assert hot_text == greedy_text
+    hot_entries = [entry for field in hot_fields for entry in field]
+    assert [e["logprob"] for e in hot_entries] == pytest.approx([e["logprob"] for e in greedy],
+                                                               abs=1e-4)
+
+
+def test_logprobs_of_tokens_eaten_by_a_stop_string_are_dropped(engine) -> None:  # noqa: ANN001
+    prompt = "1, 2, 3,"
+    full_text, fields, _ = run_with_logprobs(engine, generate(engine, prompt=prompt, logprobs=1))
+    entries = [entry for field in fields for entry in field]
+    texts = [bytes(e["bytes"]).decode() for e in entries]
+    # A stop string made of two whole tokens from the middle of the output, first found there.
+    cut = next(i for i in range(3, len(texts) - 2)
+               if full_text.find(texts[i] + texts[i + 1]) == len("".join(texts[:i]))
+               and (texts[i] + texts[i + 1]).strip())
+    stop = texts[cut] + texts[cut + 1]
+    options = {**GREEDY, "stop": [stop]}
+    text, fields, done = run_with_logprobs(
+        engine, generate(engine, prompt=prompt, logprobs=1, options=options))
+    kept = [entry for field in fields for entry in field]
+    assert text == "".join(texts[:cut])
+    assert done.eval_count == cut + 2  # the stop's tokens were generated, then swallowed
+    assert [e["bytes"] for e in kept] == [e["bytes"] for e in entries[:cut]]
+
+
+def test_grammar_forces_the_output_and_wins_over_format(engine) -> None:  # noqa: ANN001
+    grammar = 'root ::= "yes" | "no"'
+    for prompt in ("Is the sky blue? Answer:", "Tell me a long story about dragons."):
+        request = generate(engine, prompt=prompt, grammar=grammar, format="json",
+                           options={**GREEDY, "num_predict": 32})
+        [(text, done)] = run(engine, request).values()
+        assert text in {"yes", "no"}, text
+        assert isinstance(done, p.Done) and done.done_reason == "stop"
+
+
+def test_tools_reach_the_chat_template_even_after_truncation(engine) -> None:  # noqa: ANN001
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    messages = [{"role": "user", "content": f"old {i} " + "filler " * 80} for i in range(20)]
+    messages.append({"role": "user", "content": "NEWEST"})
+    saved = engine.chat_template
+    engine.chat_template = ("{% for t in tools or [] %}TOOL={{ t.function.name }};{% endfor %}"
+                            "{% for m in messages %}{{ m.content }}{% endfor %}")
+    try:
+        tokens, _ = engine.prompt_tokens(generate(engine, messages=messages, tools=tools))
+    finally:
+        engine.chat_template = saved
+    text = "".join(engine.piece(t).decode(errors="replace") for t in tokens)
+    assert len(tokens) < engine.n_ctx and "old 0 " not in text  # it was re-rendered shorter
+    assert text.startswith("TOOL=get_weather;") and text.endswith("NEWEST")

@@ -16,7 +16,16 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.http import dumps, field, json_response, ndjson, read_json, unless_disconnected
-from gateway.inference import Generation, Inference, Job, check_messages, vector
+from gateway.inference import (
+    Collected,
+    Generation,
+    Inference,
+    Job,
+    ToolCalls,
+    check_messages,
+    vector,
+)
+from gateway.tools import check_tool_choice, check_tools
 from registry.names import ModelName
 from registry.show import show_response
 from registry.store import model_details, tags_entry
@@ -59,29 +68,52 @@ def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
         raise BadRequest(f'"{model_name}" does not support thinking')
 
 
+def _logprobs(data: dict[str, Any]) -> int:
+    """`logprobs` and `top_logprobs` as the runner's count: -1 none, else rivals per token."""
+    top = field(data, "top_logprobs", int, 0)
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    return top if field(data, "logprobs", bool, False) else -1
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+def _with_logprobs(line: str, chunk: p.Chunk) -> str:
+    """A chunk's NDJSON line with its logprobs (if any) spliced in before the closing brace."""
+    if not chunk.logprobs:
+        return line
+    return line[:-2] + ',"logprobs":' + dumps(chunk.logprobs) + "}\n"
+
+
 async def _reply(
     request: Request,
     generation: Generation,
     want_stream: bool,
     chunk_line: Callable[[str], str],
-    final: Callable[[str, p.Done], dict[str, Any]],
+    final: Callable[[Collected | None, p.Done], dict[str, Any]],
+    calls_line: Callable[[list[dict[str, Any]]], str] | None = None,
 ) -> Response:
     """Either an NDJSON stream (a line per chunk, then the final object) or one JSON object.
 
-    `chunk_line(text)` frames one delta; `final(all_text, done)` builds the closing object,
-    where all_text is "" when streaming (the deltas already went out).
+    `chunk_line(text)` frames one delta, `calls_line(calls)` a chunk of tool calls;
+    `final(collected, done)` builds the closing object, where collected is None when streaming
+    (the deltas already went out).
     """
     if not want_stream:
-        text, done = await unless_disconnected(request, generation.collect())
-        return json_response(final(text, done))
+        collected = await unless_disconnected(request, generation.collect())
+        return json_response(final(collected, collected.done))
 
     async def lines() -> AsyncIterator[str]:
         try:
-            async for message in generation:
-                if isinstance(message, p.Chunk):
-                    yield chunk_line(message.text)
+            async for event in generation:
+                if isinstance(event, p.Chunk):
+                    yield _with_logprobs(chunk_line(event.text), event)
+                elif isinstance(event, ToolCalls):
+                    if calls_line is not None:
+                        yield calls_line(event.calls)
                 else:
-                    yield dumps(final("", message)) + "\n"
+                    yield dumps(final(None, event)) + "\n"
         except CorralError as exc:  # mid-stream failure: status is already 200
             yield dumps({"error": exc.message}) + "\n"
 
@@ -102,8 +134,9 @@ async def generate(request: Request) -> Response:
     context = field(data, "context", list)
     if raw and (data.get("template") or system or context):
         raise BadRequest("raw mode does not support template, system, or context")
-    if data.get("suffix") and "insert" not in model.capabilities:
-        raise BadRequest(f"{model.name.full()} does not support insert")
+    suffix = field(data, "suffix", str, "")
+    if suffix and raw:
+        raise BadRequest("raw mode does not support suffix")
     if data.get("images"):
         raise BadRequest(f'"{name}" does not support images')
     _check_think(name, model.capabilities, data.get("think"))
@@ -116,8 +149,12 @@ async def generate(request: Request) -> Response:
                               "done": True, "done_reason": reason})
 
     limits = {"truncate": field(data, "truncate", bool, True),
-              "shift": field(data, "shift", bool, True), "format_": _format(data)}
-    if raw:
+              "shift": field(data, "shift", bool, True), "format_": _format(data),
+              "logprobs": _logprobs(data)}
+    if suffix:  # fill in the middle: the TEMPLATE runs on .Prompt and .Suffix
+        work = inference.generate(job, prompt=inference.fill_in_middle(model, prompt, suffix),
+                                  **limits)
+    elif raw:
         work = inference.generate(job, prompt=prompt, **limits)
     else:
         messages = [{"role": "user", "content": prompt}]
@@ -132,11 +169,14 @@ async def generate(request: Request) -> Response:
     def chunk_line(text: str) -> str:
         return head + created() + '","response":' + dumps(text) + ',"done":false}\n'
 
-    def final(text: str, done: p.Done) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": name, "created_at": created(), "response": text,
+    def final(whole: Collected | None, done: p.Done) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": name, "created_at": created(),
+                                "response": whole.text if whole else "",
                                 "done": True, **_final_metrics(job, done)}
         if not raw:
             body["context"] = done.context
+        if whole and whole.logprobs:
+            body["logprobs"] = whole.logprobs
         return body
 
     return await _reply(request, generation, field(data, "stream", bool, True), chunk_line,
@@ -149,8 +189,9 @@ async def chat(request: Request) -> Response:
     name = data.get("model")
     model = inference.model(name)
     messages = check_messages(data.get("messages"))
-    if data.get("tools"):
-        raise BadRequest(f"{model.name.full()} does not support tools")
+    tools = check_tools(data.get("tools"))
+    # tool_choice is corral's extra here (Ollama has it only on its OpenAI endpoint).
+    tool_use = inference.tool_use(model, tools, check_tool_choice(data.get("tool_choice"), tools))
     _check_think(name, model.capabilities, data.get("think"))
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
@@ -163,20 +204,31 @@ async def chat(request: Request) -> Response:
 
     generation = await unless_disconnected(request, inference.generate(
         job, messages=inference.chat_messages(model, messages), format_=_format(data),
-        truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True)))
+        truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True),
+        tools=tool_use, logprobs=_logprobs(data)))
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
     def chunk_line(text: str) -> str:
         return (head + created() + '","message":{"role":"assistant","content":' + dumps(text)
                 + '},"done":false}\n')
 
-    def final(text: str, done: p.Done) -> dict[str, Any]:
-        return {"model": name, "created_at": created(),
-                "message": {"role": "assistant", "content": text},
+    def calls_line(calls: list[dict[str, Any]]) -> str:
+        message = {"role": "assistant", "content": "", "tool_calls": calls}
+        return dumps({"model": name, "created_at": created(), "message": message,
+                      "done": False}) + "\n"
+
+    def final(whole: Collected | None, done: p.Done) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": whole.text if whole else ""}
+        if whole and whole.tool_calls:
+            message["tool_calls"] = whole.tool_calls
+        body = {"model": name, "created_at": created(), "message": message,
                 "done": True, **_final_metrics(job, done)}
+        if whole and whole.logprobs:
+            body["logprobs"] = whole.logprobs
+        return body
 
     return await _reply(request, generation, field(data, "stream", bool, True), chunk_line,
-                        final)
+                        final, calls_line)
 
 
 # --- embeddings ------------------------------------------------------------------------------
@@ -249,35 +301,62 @@ async def show(request: Request) -> Response:
 
 
 async def ps(request: Request) -> Response:
+    pool = _inference(request).pool
+    groups = pool.running()
+    vram = await pool.measured_vram()  # by pid; None without NVML
     models = []
-    for entry in _inference(request).pool.running():
-        placement, need = entry.placement, entry.estimate
-        on_gpu = 0 if entry.simulated else placement.size_vram
-        models.append({
-            "name": entry.name,
-            "model": entry.name,
-            "size": need.total,
-            "digest": entry.model.digest,
-            "details": model_details(entry.model),
-            "expires_at": rfc3339_nano(_expiry_ns(entry.expires_at)),
-            "size_vram": min(on_gpu, need.total),
-            "context_length": entry.ready.n_ctx,
-            # corral's placement, beyond Ollama's fields
-            "corral": {
-                "pid": entry.runner.pid,
-                "gpus": list(placement.gpus),
-                "gpu_layers": placement.gpu_layers if not entry.simulated else 0,
-                "total_layers": placement.total_layers,
-                "planned": placement.describe() + (" (simulated GPUs)" if entry.simulated
-                                                   else ""),
-                "parallel": entry.parallel,
-                "replicas": 1,
+    for group in groups:  # one entry per model, as Ollama; its replicas inside `corral`
+        first = group[0]
+        placement, need = first.placement, first.estimate
+        runners = []
+        for entry in group:
+            pid = entry.runner.pid
+            runners.append({
+                "pid": pid,
+                "gpus": list(entry.placement.gpus),
+                "planned": entry.placement.describe(),
                 "active": min(entry.refcount, entry.parallel),
                 "queued": entry.queued,
+                "threads": entry.threads or entry.requested.num_thread or None,
+                "expires_at": rfc3339_nano(_expiry_ns(entry.expires_at)),
+                "measured": {"rss": entry.measured_rss(),
+                             "vram": None if vram is None else vram.get(pid or 0, 0)},
+            })
+        # Sizes add up over replicas: each holds its own copy of the model.
+        size = sum(e.estimate.total for e in group)
+        size_vram = sum(min(0 if e.simulated else e.placement.size_vram, e.estimate.total)
+                        for e in group)
+        models.append({
+            "name": first.name,
+            "model": first.name,
+            "size": size,
+            "digest": first.model.digest,
+            "details": model_details(first.model),
+            "expires_at": rfc3339_nano(_expiry_ns(max(e.expires_at for e in group))),
+            "size_vram": size_vram,
+            "context_length": first.ready.n_ctx,
+            # corral's placement, beyond Ollama's fields (per replica in "runners")
+            "corral": {
+                "pid": first.runner.pid,
+                "gpus": list(dict.fromkeys(g for e in group for g in e.placement.gpus)),
+                "gpu_layers": placement.gpu_layers if not first.simulated else 0,
+                "total_layers": placement.total_layers,
+                "planned": placement.describe() + (" (simulated GPUs)" if first.simulated
+                                                   else ""),
+                "parallel": first.parallel,
+                "replicas": len(group),
+                "runners": runners,
+                "active": sum(r["active"] for r in runners),
+                "queued": sum(r["queued"] for r in runners),
                 "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
-                             "total": need.total},
-                "measured": {"weights": entry.ready.model_bytes, "rss": entry.measured_rss()},
-                "keep_alive": None if math.isinf(entry.keep_alive) else entry.keep_alive,
+                             "total": need.total},  # one replica's
+                "measured": {
+                    "weights": first.ready.model_bytes,
+                    "rss": sum(r["measured"]["rss"] for r in runners),
+                    "vram": None if vram is None else sum(r["measured"]["vram"]
+                                                          for r in runners),
+                },
+                "keep_alive": None if math.isinf(first.keep_alive) else first.keep_alive,
             },
         })
     return json_response({"models": models})

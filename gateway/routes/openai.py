@@ -6,11 +6,14 @@ Requests become the same `Inference` calls the native API makes; replies take Op
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
+import json
 import secrets
 import time
 from array import array
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from starlette.requests import Request
@@ -18,31 +21,49 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.http import dumps, field, json_response, read_json, unless_disconnected
-from gateway.inference import Generation, Inference, check_messages, vector
+from gateway.inference import Event, Generation, Inference, Job, ToolCalls, check_messages, vector
+from gateway.options import OPTION_TYPES
+from gateway.tools import check_tool_choice, check_tools
+from registry.store import LocalModel
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError, NotFound
 
 JSON = "application/json"
 FINGERPRINT = "fp_ollama"
+MAX_CHOICES = 8  # `n`: each choice takes a parallel slot
+MAX_TOP_LOGPROBS = 20
+
+# OpenAI's error types by status; the SDKs pick their exception class from the status.
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                      "param": None, "code": None}}
 
 
 def _inference(request: Request) -> Inference:
     return request.app.state.inference
 
 
+# --- request fields ------------------------------------------------------------------------------
+
+
 def _options(data: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI sampling fields as Ollama options; OpenAI's defaults where it differs."""
-    options: dict[str, Any] = {
-        "temperature": field(data, "temperature", (int, float), 1.0),
-        "top_p": field(data, "top_p", (int, float), 1.0) or 1.0,
-    }
+    """OpenAI sampling fields as Ollama options; OpenAI's defaults where it differs. Ollama's own
+    options may come as extra body fields (`num_ctx`, `top_k`, ...) or in an `options` object."""
+    options: dict[str, Any] = {name: data[name] for name in OPTION_TYPES
+                               if name in data and name not in _OPENAI_NAMED}
+    extra = field(data, "options", dict)
+    if extra:
+        options.update(extra)
+    options["temperature"] = field(data, "temperature", (int, float), 1.0)
+    options["top_p"] = field(data, "top_p", (int, float), 1.0) or 1.0
     max_tokens = field(data, "max_completion_tokens", int) or field(data, "max_tokens", int)
     if max_tokens is not None:
+        if max_tokens < 1:
+            raise BadRequest("max_tokens must be at least 1")
         options["num_predict"] = max_tokens
     for key in ("seed", "frequency_penalty", "presence_penalty"):
         if data.get(key) is not None:
@@ -55,6 +76,11 @@ def _options(data: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("stop must be a string or an array of strings")
         options["stop"] = stop
     return options
+
+
+# OpenAI fields that share a name with an Ollama option but are read by `_options` itself.
+_OPENAI_NAMED = frozenset({"temperature", "top_p", "seed", "frequency_penalty",
+                           "presence_penalty", "stop"})
 
 
 def _response_format(data: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -75,60 +101,220 @@ def _response_format(data: dict[str, Any]) -> str | dict[str, Any] | None:
     raise BadRequest("response_format.type must be text, json_object or json_schema")
 
 
-def _finish_reason(done: p.Done) -> str:
-    return "length" if done.done_reason == "length" else "stop"
+def _choices(data: dict[str, Any]) -> int:
+    n = field(data, "n", int, 1)
+    if not 1 <= n <= MAX_CHOICES:
+        raise BadRequest(f"n must be between 1 and {MAX_CHOICES}")
+    return n
 
 
-def _usage(done: p.Done) -> dict[str, Any]:
-    return {"prompt_tokens": done.prompt_eval_count, "completion_tokens": done.eval_count,
-            "total_tokens": done.prompt_eval_count + done.eval_count,
-            "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
+def _chat_logprobs(data: dict[str, Any]) -> int:
+    top = field(data, "top_logprobs", int)
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if not field(data, "logprobs", bool, False):
+        if top is not None:
+            raise BadRequest("top_logprobs requires logprobs to be true")
+        return -1
+    return top or 0
 
 
-def _text_messages(raw: Any) -> list[dict[str, Any]]:
-    """OpenAI messages (string or content-part content) as native messages."""
+def _part_text(part: Any) -> str:
+    """One content part's text; image and audio parts are refused clearly."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise BadRequest("a text content part needs a string text")
+        return text
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        if isinstance(url, str) and not url.startswith("data:"):
+            raise BadRequest("image URLs are not currently supported, please use base64 encoded "
+                             "data instead")
+        raise BadRequest("image input is not supported yet: this server has no vision models")
+    if kind == "input_audio":
+        raise BadRequest("audio input is not supported")
+    raise BadRequest(f"unknown content part type {kind!r}")
+
+
+def _native_calls(raw: Any) -> list[dict[str, Any]]:
+    """An assistant message's OpenAI tool_calls (arguments as a JSON string) as Ollama's."""
+    if not isinstance(raw, list):
+        raise BadRequest("tool_calls must be an array")
+    calls = []
+    for index, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise BadRequest("each tool call needs function.name")
+        arguments = fn.get("arguments") or "{}"
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise BadRequest(f"tool call arguments of {fn['name']!r} are not valid JSON"
+                                 ) from None
+        calls.append({"id": call.get("id"), "function": {"index": index, "name": fn["name"],
+                                                         "arguments": arguments}})
+    return calls
+
+
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    """OpenAI messages as native ones: content parts joined, `developer` as system, tool calls
+    with object arguments, tool results named after the call they answer."""
     if not isinstance(raw, list) or not raw:
         raise BadRequest("[] is too short - 'messages'")
     native: list[Any] = []
+    call_names: dict[str, str] = {}  # tool call id -> function name
     for message in raw:
         if not isinstance(message, dict):
             raise BadRequest("each message must be an object")
+        role = message.get("role")
         content = message.get("content")
         if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise BadRequest("only text content parts are supported")
-                texts.append(str(part.get("text", "")))
-            content = "".join(texts)
-        native.append({"role": message.get("role"), "content": content})
+            content = "".join(_part_text(part) for part in content)
+        item: dict[str, Any] = {"role": "system" if role == "developer" else role,
+                                "content": content}
+        if message.get("tool_calls"):
+            item["tool_calls"] = _native_calls(message["tool_calls"])
+            call_names.update((c["id"], c["function"]["name"]) for c in item["tool_calls"]
+                              if c["id"])
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            item["tool_call_id"] = call_id
+            item["tool_name"] = message.get("name") or call_names.get(call_id or "", "")
+        native.append(item)
     return check_messages(native)
 
 
-def _sse(obj: Any) -> str:
-    return "data: " + dumps(obj) + "\n\n"
+# --- reply pieces --------------------------------------------------------------------------------
 
 
-def _sse_reply(generation: Generation, chunk_event: Callable[[str, bool], str],
-               done_events: Callable[[p.Done], list[dict[str, Any]]]) -> StreamingResponse:
-    """Server-sent events: one per chunk (`chunk_event(text, first)`), the closing events, and
-    `data: [DONE]`. A failure midway becomes an OpenAI error event."""
+def _finish_reason(done: p.Done, called: bool) -> str:
+    if done.done_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
 
-    async def events() -> AsyncIterator[bytes]:
-        first = True
+
+def _usage(dones: list[p.Done]) -> dict[str, Any]:
+    """Usage over all choices: the prompt counted once, every choice's completion."""
+    prompt = dones[0].prompt_eval_count
+    completion = sum(done.eval_count for done in dones)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": dones[0].cached_tokens}}
+
+
+def _openai_calls(calls: list[dict[str, Any]], *, streamed: bool) -> list[dict[str, Any]]:
+    """Native tool calls in OpenAI's shape (arguments as a JSON string)."""
+    out = []
+    for call in calls:
+        fn = call["function"]
+        entry: dict[str, Any] = {"id": call["id"], "type": "function",
+                                 "function": {"name": fn["name"],
+                                              "arguments": json.dumps(fn["arguments"])}}
+        if streamed:
+            entry = {"index": fn["index"], **entry}
+        out.append(entry)
+    return out
+
+
+def _completion_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """Chat-style logprob entries in the legacy completions shape."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {"tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]}
+                             for e in entries],
+            "text_offset": offsets}
+
+
+def _sse(obj: Any) -> bytes:
+    return ("data: " + dumps(obj) + "\n\n").encode()
+
+
+async def _start_all(works: list[Awaitable[Generation]]) -> list[Generation]:
+    """Start several generations at once (they take parallel slots); if one fails, stop the
+    others and raise its error."""
+    results = await asyncio.gather(*works, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        for result in results:
+            if isinstance(result, Generation):
+                await result.aclose()
+        raise failures[0]
+    return [r for r in results if isinstance(r, Generation)]
+
+
+async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, Event]]:
+    """Events of several generations as they come, tagged with the generation's index."""
+    if len(generations) == 1:  # the common case: no queue hop per token
+        async for event in generations[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Event | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, generation: Generation) -> None:
         try:
-            async for message in generation:
-                if isinstance(message, p.Chunk):
-                    yield chunk_event(message.text, first).encode()
-                    first = False
-                else:
-                    for event in done_events(message):
-                        yield _sse(event).encode()
+            async for event in generation:
+                await queue.put((index, event))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            await queue.put((index, exc))
+        await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for generation in generations:
+            await generation.aclose()
+
+
+def _stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    """Server-sent events, ending with `data: [DONE]`; a failure midway becomes an OpenAI error
+    event (the status is already 200)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event
         except CorralError as exc:
-            yield _sse(error_body(exc.status, exc.message)).encode()
+            yield _sse(error_body(exc.status, exc.message))
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+def _base(kind: str, prefix: str, name: str) -> dict[str, Any]:
+    return {"id": f"{prefix}-{secrets.randbelow(999)}", "object": kind,
+            "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
+
+
+def _jobs(inference: Inference, model: LocalModel, data: dict[str, Any], n: int) -> list[Job]:
+    """One job per choice; with a seed, choice i samples with seed + i so the choices differ."""
+    job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
+    seed = int(job.options.get("seed", -1))
+    if n == 1:
+        return [job]
+    return [dataclasses.replace(job, options={**job.options, "seed": seed + i} if seed >= 0
+                                else job.options) for i in range(n)]
+
+
+# --- endpoints -----------------------------------------------------------------------------------
 
 
 async def chat_completions(request: Request) -> Response:
@@ -136,40 +322,73 @@ async def chat_completions(request: Request) -> Response:
     inference = _inference(request)
     name = data.get("model")
     model = inference.model(name)
-    messages = _text_messages(data.get("messages"))
-    if data.get("tools"):
-        raise BadRequest(f"{model.name.full()} does not support tools")
-    job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    work = inference.generate(job, messages=inference.chat_messages(model, messages),
-                              format_=_response_format(data))
-    generation = await unless_disconnected(request, work)
-    base = {"id": f"chatcmpl-{secrets.randbelow(999)}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
+    messages = inference.chat_messages(model, _messages(data.get("messages")))
+    tools = check_tools(data.get("tools"))
+    tool_use = inference.tool_use(model, tools, check_tool_choice(data.get("tool_choice"), tools),
+                                  parallel=field(data, "parallel_tool_calls", bool, True))
+    field(data, "user", str)  # accepted, as OpenAI does; not used
+    logprobs = _chat_logprobs(data)
+    format_ = _response_format(data)
+    jobs = _jobs(inference, model, data, _choices(data))
+    generations = await unless_disconnected(request, _start_all([
+        inference.generate(job, messages=messages, format_=format_, tools=tool_use,
+                           logprobs=logprobs) for job in jobs]))
+    base = _base("chat.completion.chunk", "chatcmpl", name)
 
     if not field(data, "stream", bool, False):
-        text, done = await unless_disconnected(request, generation.collect())
-        return json_response({
-            **base, "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": _finish_reason(done)}],
-            "usage": _usage(done),
-        }, media_type=JSON)
+        replies = await unless_disconnected(
+            request, asyncio.gather(*(g.collect() for g in generations)))
+        choices = []
+        for index, reply in enumerate(replies):
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.tool_calls:
+                message["tool_calls"] = _openai_calls(reply.tool_calls, streamed=False)
+            choices.append({"index": index, "message": message,
+                            "logprobs": {"content": reply.logprobs} if logprobs >= 0 else None,
+                            "finish_reason": _finish_reason(reply.done, bool(reply.tool_calls))})
+        return json_response({**base, "object": "chat.completion", "choices": choices,
+                              "usage": _usage([r.done for r in replies])}, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-    prefix = "data: " + dumps(base)[:-1] + ',"choices":[{"index":0,"delta":'
+    head = ("data: " + dumps(base)[:-1] + ',"choices":[').encode()  # framed once, not per token
 
-    def chunk_event(text: str, first: bool) -> str:
-        delta = {"role": "assistant", "content": text} if first else {"content": text}
-        return prefix + dumps(delta) + ',"finish_reason":null}]}\n\n'
-
-    def done_events(done: p.Done) -> list[dict[str, Any]]:
-        events = [{**base, "choices": [{"index": 0, "delta": {},
-                                        "finish_reason": _finish_reason(done)}]}]
+    async def events() -> AsyncIterator[bytes]:
+        started: set[int] = set()
+        called: set[int] = set()
+        dones: list[p.Done] = []
+        async for index, event in _merged(generations):
+            if isinstance(event, p.Done):
+                dones.append(event)
+                choice = {"index": index, "delta": {},
+                          "finish_reason": _finish_reason(event, index in called)}
+                yield _sse({**base, "choices": [choice]})
+                continue
+            delta: dict[str, Any] = {} if index in started else {"role": "assistant"}
+            started.add(index)
+            choice = {"index": index, "delta": delta, "finish_reason": None}
+            if isinstance(event, ToolCalls):
+                called.add(index)
+                delta["tool_calls"] = _openai_calls(event.calls, streamed=True)
+            else:
+                delta["content"] = event.text
+                if logprobs >= 0:
+                    choice["logprobs"] = {"content": event.logprobs or []}
+            yield head + dumps(choice).encode() + b"]}\n\n"
         if include_usage:
-            events.append({**base, "choices": [], "usage": _usage(done)})
-        return events
+            yield _sse({**base, "choices": [], "usage": _usage(dones)})
 
-    return _sse_reply(generation, chunk_event, done_events)
+    return _stream(events())
+
+
+def _prompts(data: dict[str, Any]) -> list[str]:
+    prompt = data.get("prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(x, str) for x in prompt):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(x, int) for x in prompt):
+        raise BadRequest("token arrays are not supported as prompt; send text")
+    raise BadRequest("prompt must be a string or a non-empty array of strings")
 
 
 async def completions(request: Request) -> Response:
@@ -177,23 +396,60 @@ async def completions(request: Request) -> Response:
     inference = _inference(request)
     name = data.get("model")
     model = inference.model(name)
-    prompt = data.get("prompt")
-    if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
-    job = inference.job(model, None, data.get("keep_alive"), extra_options=_options(data))
-    generation = await unless_disconnected(request, inference.generate(job, prompt=prompt))
-    base = {"id": f"cmpl-{secrets.randbelow(999)}", "object": "text_completion",
-            "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
+    prompts = _prompts(data)
+    suffix = field(data, "suffix", str)
+    echo = field(data, "echo", bool, False)
+    top = field(data, "logprobs", int)
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise BadRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    logprobs = -1 if top is None else top
+    n = _choices(data)
+    texts = [inference.fill_in_middle(model, prompt, suffix) if suffix else prompt
+             for prompt in prompts]
+    jobs = _jobs(inference, model, data, n)
+    # Choice i*n + j is the j-th completion of prompt i, as OpenAI numbers them.
+    generations = await unless_disconnected(request, _start_all([
+        inference.generate(job, prompt=text, logprobs=logprobs)
+        for text in texts for job in jobs]))
+    base = _base("text_completion", "cmpl", name)
+    echoed = [prompts[i // n] if echo else "" for i in range(len(generations))]
 
-    def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
-        return {**base, "choices": [{"text": text, "index": 0, "finish_reason": finish_reason}]}
+    def choice(index: int, text: str, entries: list[dict[str, Any]] | None, offset: int,
+               finish_reason: str | None) -> dict[str, Any]:
+        return {"text": text, "index": index,
+                "logprobs": _completion_logprobs(entries or [], offset) if top is not None
+                else None,
+                "finish_reason": finish_reason}
 
     if not field(data, "stream", bool, False):
-        text, done = await unless_disconnected(request, generation.collect())
-        return json_response({**choice(text, _finish_reason(done)), "usage": _usage(done)},
-                             media_type=JSON)
-    return _sse_reply(generation, lambda text, _: _sse(choice(text, None)),
-                      lambda done: [choice("", _finish_reason(done))])
+        replies = await unless_disconnected(
+            request, asyncio.gather(*(g.collect() for g in generations)))
+        choices = [choice(i, echoed[i] + r.text, r.logprobs, len(echoed[i]),
+                          _finish_reason(r.done, False)) for i, r in enumerate(replies)]
+        return json_response({**base, "choices": choices,
+                              "usage": _usage([r.done for r in replies])}, media_type=JSON)
+
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+    async def events() -> AsyncIterator[bytes]:
+        offsets = [len(text) for text in echoed]
+        dones: list[p.Done] = []
+        for index, text in enumerate(echoed):
+            if text:
+                yield _sse({**base, "choices": [choice(index, text, None, 0, None)]})
+        async for index, event in _merged(generations):
+            if isinstance(event, p.Done):
+                dones.append(event)
+                yield _sse({**base, "choices": [
+                    choice(index, "", None, offsets[index], _finish_reason(event, False))]})
+            elif isinstance(event, p.Chunk):
+                yield _sse({**base, "choices": [
+                    choice(index, event.text, event.logprobs, offsets[index], None)]})
+                offsets[index] += len(event.text)
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(dones)})
+
+    return _stream(events())
 
 
 async def embeddings(request: Request) -> Response:

@@ -1,0 +1,155 @@
+"""Tool calling end to end, with the official `openai` and `ollama` clients.
+
+The bundled GGUF has no chat template, so these tests create a model from it with a Go TEMPLATE
+that can show tools (tests/test_tools.py's GEMMA_TOOLS). The 270M model does not call tools on
+its own; `tool_choice` forces it through a grammar, and the `ollama` round trip shows it an
+earlier call in the history, which it then imitates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import ollama
+import openai
+import pytest
+
+from tests.conftest import LiveServer
+from tests.test_tools import GEMMA_TOOLS, TIME, WEATHER
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "gemma3:270m"
+TOOLS_MODEL = "corral-tools:test"
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def tools_model(corral_server: LiveServer) -> Iterator[str]:
+    client = ollama.Client(host=corral_server.url)
+    client.create(TOOLS_MODEL, from_=MODEL, template=GEMMA_TOOLS,
+                  parameters={"temperature": 0, "num_predict": 48})
+    yield TOOLS_MODEL
+    client.delete(TOOLS_MODEL)
+
+
+@pytest.fixture
+def client(corral_server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=corral_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_required_tool_choice_gives_a_well_formed_call_then_an_answer(
+        client: openai.OpenAI, corral_server: LiveServer, tools_model: str) -> None:
+    assert "tools" in ollama.Client(host=corral_server.url).show(tools_model).capabilities
+    reply = client.chat.completions.create(
+        model=tools_model, messages=QUESTION, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert call.id.startswith("call_")
+    arguments = json.loads(call.function.arguments)  # the grammar kept it to the schema
+    assert list(arguments) == ["city"] and isinstance(arguments["city"], str)
+
+    # Second turn: the assistant's call and the tool's result go back; the model answers.
+    answer = client.chat.completions.create(model=tools_model, tools=[WEATHER], messages=[
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 C"},
+    ], max_tokens=16)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.usage.prompt_tokens > reply.usage.prompt_tokens  # the history was rendered
+
+
+def test_named_tool_choice_calls_that_function(client: openai.OpenAI, tools_model: str) -> None:
+    reply = client.chat.completions.create(
+        model=tools_model, messages=QUESTION, tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}})
+    calls = reply.choices[0].message.tool_calls
+    assert calls and {c.function.name for c in calls} == {"get_time"}
+    assert all(isinstance(json.loads(c.function.arguments), dict) for c in calls)
+
+
+def test_tool_calls_stream(client: openai.OpenAI, tools_model: str) -> None:
+    chunks = list(client.chat.completions.create(
+        model=tools_model, messages=QUESTION, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    streamed = [call for d in deltas for call in (d.tool_calls or [])]
+    assert len(streamed) == 1 and streamed[0].index == 0
+    assert streamed[0].function.name == "get_weather"
+    assert "city" in json.loads(streamed[0].function.arguments)
+    assert deltas[0].role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_choice_none_and_auto_answer_in_text(client: openai.OpenAI, tools_model: str
+                                                  ) -> None:
+    for choice in ("none", "auto"):
+        reply = client.chat.completions.create(
+            model=tools_model, messages=QUESTION, tools=[WEATHER], tool_choice=choice,
+            max_tokens=8)
+        assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        if choice == "none":
+            assert reply.choices[0].message.tool_calls is None
+
+
+def test_tools_need_a_template_that_can_show_them(client: openai.OpenAI,
+                                                  corral_server: LiveServer) -> None:
+    with pytest.raises(openai.BadRequestError, match="does not support tools"):
+        client.chat.completions.create(model=MODEL, messages=QUESTION, tools=[WEATHER])
+    native = ollama.Client(host=corral_server.url)
+    with pytest.raises(ollama.ResponseError) as err:
+        native.chat(MODEL, messages=QUESTION, tools=[WEATHER])
+    assert err.value.status_code == 400
+    assert err.value.error == "registry.ollama.ai/library/gemma3:270m does not support tools"
+
+
+@pytest.mark.parametrize("tool_choice", [
+    "sometimes", {"type": "function", "function": {"name": "launch"}}])
+def test_bad_tool_choice_is_400(client: openai.OpenAI, tools_model: str, tool_choice: object
+                                ) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=tools_model, messages=QUESTION, tools=[WEATHER],
+                                       tool_choice=tool_choice)  # type: ignore[arg-type]
+    assert err.value.body["type"] == "invalid_request_error"
+
+
+def get_weather(city: str) -> str:
+    """Get the weather in a city.
+
+    Args:
+      city: The city
+    """
+    return f"Sunny in {city}"
+
+
+def test_ollama_client_tool_round_trip(corral_server: LiveServer, tools_model: str) -> None:
+    client = ollama.Client(host=corral_server.url)
+    # An earlier exchange in the history shows the small model how a call looks.
+    history = [
+        {"role": "user", "content": "What is the weather in Rome?"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "content": "Rainy in Rome", "tool_name": "get_weather"},
+        {"role": "assistant", "content": "It is rainy in Rome."},
+        *QUESTION,
+    ]
+    reply = client.chat(tools_model, messages=history, tools=[get_weather])
+    [call, *_] = reply.message.tool_calls or [None]
+    assert call is not None and call.function.name == "get_weather"
+    assert isinstance(call.function.arguments, dict) and "city" in call.function.arguments
+
+    streamed = [c.message.tool_calls for c in client.chat(tools_model, messages=history,
+                                                           tools=[get_weather], stream=True)]
+    first = next(calls for calls in streamed if calls)
+    assert first[0].function == call.function  # same call, in a chunk of its own
+
+    result = get_weather(**call.function.arguments)
+    answer = client.chat(tools_model, messages=[
+        *history, reply.message, {"role": "tool", "content": result, "tool_name": "get_weather"}],
+        options={"num_predict": 8})
+    assert answer.done and answer.message.role == "assistant"
