@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import secrets
 import string
 from collections.abc import Callable
@@ -131,8 +132,8 @@ def probe_call_format(render: Callable[[list[Message], list[Tool]], str]) -> Cal
         plain = render([question, reply, follow_up], [_PROBE_TOOL])
     except Exception:  # noqa: BLE001 - a template that cannot show calls: try bare JSON
         return BARE_JSON
-    head = _common_prefix(with_call, plain)
-    tail = _common_prefix(with_call[::-1], plain[::-1])
+    head = len(os.path.commonprefix([with_call, plain]))
+    tail = len(os.path.commonprefix([with_call[::-1], plain[::-1]]))
     at = with_call.find(_PROBE_NAME, head)
     # The call is the outermost JSON object around the probe's name.
     start, end = with_call.find("{", head), None
@@ -157,15 +158,6 @@ def probe_call_format(render: Callable[[list[Message], list[Tool]], str]) -> Cal
         name_key=keys.get(_PROBE_NAME, "name"),
         arguments_key=keys.get(json.dumps(_PROBE_ARGS), "arguments"),
     )
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _object_end(text: str, start: int) -> int | None:

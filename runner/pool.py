@@ -11,8 +11,8 @@ where it goes, how many slots it gets, and which idle runners must go first; bus
 evicted, the load waits for one to finish instead. Requests to loaded models never wait behind a
 load. A runner that died or stops answering health checks is dropped, and the next request starts
 a fresh one; a load that fails (out of memory) evicts the other idle runners and tries once more.
-Runners that compute on the CPU share its cores: each gets its part as threads (unless the
-request set num_thread), and loaded ones are told their new part when runners come and go.
+Runners that compute on the CPU share its cores: each busy one gets its part as threads (unless
+the request set num_thread), told anew whenever a CPU runner starts or stops computing.
 """
 
 from __future__ import annotations
@@ -231,6 +231,8 @@ class RunnerPool:
 
     def _hold(self, entry: LoadedRunner, keep_alive: float | None) -> LoadedRunner:
         entry.refcount += 1
+        if entry.refcount == 1 and entry.threads:  # one more CPU runner computing
+            self._spawn(self._rebalance_threads())
         entry.idle.clear()
         if entry.timer is not None:
             entry.timer.cancel()
@@ -249,6 +251,8 @@ class RunnerPool:
         if entry.refcount > 0:
             return
         entry.idle.set()
+        if entry.threads:  # one fewer CPU runner computing: the others get its cores
+            self._spawn(self._rebalance_threads())
         if self._is_loaded(entry):
             self._arm_expiry(entry)
 
@@ -387,7 +391,7 @@ class RunnerPool:
         on_cpu = on_gpu < placement.total_layers
         threads = 0
         if on_cpu and not load.num_thread:
-            threads = cpu_threads(cpu_cores(), 1 + len(self._cpu_runners()))
+            threads = cpu_threads(cpu_cores(), 1 + len(self._busy_cpu_runners()))
             await self._rebalance_threads(extra=1)  # make room before it starts decoding
         effective = dataclasses.replace(
             load, parallel=parallel, num_gpu=on_gpu, main_gpu=placement.main_gpu,
@@ -417,12 +421,16 @@ class RunnerPool:
     def _cpu_runners(self) -> list[LoadedRunner]:
         return [e for e in self.entries() if e.on_cpu and e.runner.alive]
 
+    def _busy_cpu_runners(self) -> list[LoadedRunner]:
+        return [e for e in self._cpu_runners() if e.refcount > 0]
+
     async def _rebalance_threads(self, extra: int = 0) -> None:
-        """Give every CPU runner whose threads the supervisor chose its share of the cores, for
-        the CPU runners loaded now (and `extra` about to be)."""
-        cpu = self._cpu_runners()
-        share = cpu_threads(cpu_cores(), len(cpu) + extra)
-        for entry in cpu:
+        """Share the cores among the CPU runners that are computing now (and `extra` about to
+        start). Idle runners do not spin, so they do not count; each gets its share again when
+        it next becomes busy."""
+        busy = self._busy_cpu_runners()
+        share = cpu_threads(cpu_cores(), len(busy) + extra)
+        for entry in busy:
             if entry.threads and entry.threads != share:
                 log.info("%s (pid %s): %d CPU thread(s)", entry.name, entry.runner.pid, share)
                 entry.threads = share

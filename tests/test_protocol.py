@@ -9,13 +9,17 @@ from shared import protocol as p
 MESSAGES = [
     p.Load("/m.gguf", 4096, 512, -1, 0, True, 0, 2, None, "q8_0"),
     p.Generate(7, None, [{"role": "user", "content": "hi"}], {"temperature": 0.0}, False, [1, 2]),
+    p.Generate(11, "x", None, {}, True, None, "json", False, tools=[{"type": "function"}],
+               grammar='root ::= "a"', logprobs=3),
     p.Cancel(7),
     p.Embed(8, ["a", "b"], True, False),
     p.Tokenize(9, "text", False),
     p.Health(10),
     p.Shutdown(),
+    p.SetThreads(2),
     p.Ready(123, 4096, 32768, 1, 10, 20, "cpu"),
     p.Chunk(7, "héllo"),
+    p.Chunk(11, "a", [{"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}]),
     p.Done(7, "stop", 5, 100, 3, 200, [1, 2, 3], 2),
     p.Error(7, "boom", 400),
     p.Embeddings(8, [b"\x00\x00\x80?"], 3),
@@ -30,8 +34,8 @@ def test_round_trip(message: p.Message) -> None:
 
 
 def test_tags_are_unique() -> None:
-    tags = [type(m).TAG for m in MESSAGES]
-    assert len(tags) == len(set(tags))
+    tags = {type(m): type(m).TAG for m in MESSAGES}  # one per class
+    assert len(set(tags.values())) == len(tags)
 
 
 def test_request_id() -> None:

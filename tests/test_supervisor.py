@@ -148,8 +148,9 @@ def test_hot_model_gets_a_replica_on_another_gpu(models_dir: Path, tmp_path: Pat
         pids = [r["pid"] for r in extra["runners"]]
         assert len(set(pids)) == 2 and sorted(pids) == sorted(server.runner_pids())
         assert [r["gpus"] for r in extra["runners"]] == [[0], [1]]
-        # Two CPU runners divide the cores between them instead of spinning against each other.
-        assert [r["threads"] for r in extra["runners"]] == [max(1, cpu_cores() // 2)] * 2
+        # CPU runners divide the cores between the busy ones (tests/test_placement.py has the
+        # rule); here both were busy at some point, with at most all cores each.
+        assert all(1 <= r["threads"] <= cpu_cores() for r in extra["runners"])
         assert entry["size"] == 2 * extra["estimate"]["total"] and entry["size_vram"] == 0
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
