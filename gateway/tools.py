@@ -59,7 +59,11 @@ def check_tool_choice(raw: Any, tools: list[Tool]) -> str | None:
     """`tool_choice` as None (the model decides), "none", "required" or a function's name."""
     if raw is None or raw == "auto":
         return None
-    if raw in ("none", "required"):
+    if raw == "none":
+        return raw
+    if not tools:
+        raise BadRequest("tool_choice needs tools to choose from")
+    if raw == "required":
         return raw
     name = None
     if isinstance(raw, dict):

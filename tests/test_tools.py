@@ -185,6 +185,9 @@ def test_check_tools_and_tool_choice() -> None:
         check_tool_choice({"type": "function", "function": {"name": "nope"}}, tools)
     with pytest.raises(BadRequest):
         check_tool_choice("sometimes", tools)
+    with pytest.raises(BadRequest, match="needs tools"):
+        check_tool_choice("required", [])
+    assert check_tool_choice("none", []) == "none"
 
 
 def test_forced_grammar_names_only_the_chosen_function() -> None:

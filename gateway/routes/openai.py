@@ -299,6 +299,11 @@ def _stream(events: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream")
 
 
+def _chunk_head(base: dict[str, Any]) -> bytes:
+    """An SSE chunk's bytes up to its choices, framed once per stream rather than per token."""
+    return ("data: " + dumps(base)[:-1] + ',"choices":[').encode()
+
+
 def _base(kind: str, prefix: str, name: str) -> dict[str, Any]:
     return {"id": f"{prefix}-{secrets.randbelow(999)}", "object": kind,
             "created": int(time.time()), "model": name, "system_fingerprint": FINGERPRINT}
@@ -350,7 +355,7 @@ async def chat_completions(request: Request) -> Response:
                               "usage": _usage([r.done for r in replies])}, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-    head = ("data: " + dumps(base)[:-1] + ',"choices":[').encode()  # framed once, not per token
+    head = _chunk_head(base)
 
     async def events() -> AsyncIterator[bytes]:
         started: set[int] = set()
@@ -430,6 +435,7 @@ async def completions(request: Request) -> Response:
                               "usage": _usage([r.done for r in replies])}, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    head = _chunk_head(base)
 
     async def events() -> AsyncIterator[bytes]:
         offsets = [len(text) for text in echoed]
@@ -443,8 +449,8 @@ async def completions(request: Request) -> Response:
                 yield _sse({**base, "choices": [
                     choice(index, "", None, offsets[index], _finish_reason(event, False))]})
             elif isinstance(event, p.Chunk):
-                yield _sse({**base, "choices": [
-                    choice(index, event.text, event.logprobs, offsets[index], None)]})
+                one = choice(index, event.text, event.logprobs, offsets[index], None)
+                yield head + dumps(one).encode() + b"]}\n\n"
                 offsets[index] += len(event.text)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(dones)})

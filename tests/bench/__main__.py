@@ -90,6 +90,20 @@ def corral_server(url: str, tokens: int) -> Callable[[], Iterator[float]]:
     return run
 
 
+def corral_openai(url: str, tokens: int) -> Callable[[], Iterator[float]]:
+    """The same raw prompt through /v1/completions (server-sent events)."""
+    body = {"model": "gemma3:270m", "prompt": PROMPT, "stream": True, "temperature": 0,
+            "max_tokens": tokens, "num_ctx": 4096}
+    client = httpx.Client(timeout=300)
+
+    def run() -> Iterator[float]:
+        with client.stream("POST", url + "/v1/completions", json=body) as reply:
+            for line in reply.iter_lines():
+                if line.startswith("data: {") and '"finish_reason":null' in line:
+                    yield time.perf_counter()
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -110,6 +124,7 @@ def main() -> None:
                 "llama-cpp-python in-process (floor)": floor,
                 "corral engine in-process": corral_engine(model_path, args.tokens),
                 "corral server, /api/generate stream": corral_server(server.url, args.tokens),
+                "corral server, /v1/completions stream": corral_openai(server.url, args.tokens),
             }
             table = Table(title=f"Gemma 3 270M Q4_K_M, ~250-token prompt, {args.tokens} new "
                                 f"tokens, greedy, median of {args.runs}")
