@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from array import array
 
 import httpx
@@ -244,3 +245,23 @@ def test_bad_completion_and_embedding_requests(client: openai.OpenAI) -> None:
                                  encoding_format="int8")  # type: ignore[arg-type]
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="x")
+
+
+def test_leaving_a_stream_of_several_choices_cancels_them_all(corral_server: LiveServer
+                                                              ) -> None:
+    body = {"model": MODEL, "messages": ASK, "n": 3, "max_tokens": 3000, "stream": True,
+            "temperature": 1.0}
+    with httpx.stream("POST", corral_server.url + "/v1/chat/completions", json=body,
+                      timeout=120) as reply:
+        seen = {json.loads(line[6:])["choices"][0]["index"] for line, _ in
+                zip(reply.iter_lines(), range(60), strict=False) if line.startswith("data: {")}
+    assert seen == {0, 1, 2}
+
+    def active() -> int:
+        models = httpx.get(corral_server.url + "/api/ps").json()["models"]
+        return sum(m["corral"]["active"] for m in models if m["name"] == MODEL)
+
+    deadline = time.monotonic() + 15
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert active() == 0  # every choice's sequence was cancelled, not left generating
