@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import ollama
 import openai
 import pytest
 
 from tests.conftest import LiveServer
+from tests.test_create import write_tiny_gguf
 from tests.test_tools import GEMMA_TOOLS, TIME, WEATHER
 
 pytestmark = pytest.mark.e2e
@@ -153,3 +156,40 @@ def test_ollama_client_tool_round_trip(corral_server: LiveServer, tools_model: s
         *history, reply.message, {"role": "tool", "content": result, "tool_name": "get_weather"}],
         options={"num_predict": 8})
     assert answer.done and answer.message.role == "assistant"
+
+
+# A GGUF's own Jinja chat template that shows tools and calls (the runner renders it).
+JINJA_TOOLS = """{% if tools %}T:{% for t in tools %}{{ t.function.name }};{% endfor %}
+{% endif %}{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}{% for c in m.tool_calls %}\
+<call>{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}</call>\
+{% endfor %}{% else %}{{ m.content }}{% endif %}
+{% endfor %}assistant:"""
+
+
+def test_tools_through_a_gguf_jinja_template(corral_server: LiveServer, tmp_path: Path
+                                              ) -> None:
+    native = ollama.Client(host=corral_server.url)
+    gguf_path = write_tiny_gguf(tmp_path / "tiny.gguf", chat_template=JINJA_TOOLS)
+    digest = native.create_blob(gguf_path)
+    native.create("corral-jinja-tools", files={"tiny.gguf": digest})
+    try:
+        assert "tools" in native.show("corral-jinja-tools").capabilities
+        short_city = {"type": "function", "function": {
+            "name": "get_weather", "parameters": {
+                "type": "object", "required": ["city"],
+                "properties": {"city": {"type": "string", "maxLength": 4}}}}}
+        ask = [{"role": "user", "content": "weather?"}]
+        plain = native.chat("corral-jinja-tools", messages=ask, options={"num_predict": 1})
+        reply = httpx.post(corral_server.url + "/api/chat", timeout=120, json={
+            "model": "corral-jinja-tools", "messages": ask, "tools": [short_city],
+            "tool_choice": "required", "stream": False,
+            "options": {"num_predict": 80, "temperature": 0}}).json()
+        # The tools reached the Jinja template: the prompt grew by their listing.
+        assert reply["prompt_eval_count"] > plain.prompt_eval_count
+        # Even a random tiny model writes a well-formed call in the template's <call> format.
+        [call] = reply["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        assert list(call["function"]["arguments"]) == ["city"]
+        assert len(call["function"]["arguments"]["city"]) <= 4
+    finally:
+        native.delete("corral-jinja-tools")
