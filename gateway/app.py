@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.hostcheck import HostCheck, guards
 from gateway.http import json_response
 from gateway.inference import Inference
 from gateway.routes import models, oci, ollama, openai, transfer
@@ -82,7 +83,8 @@ def create_app(settings: Settings, store: Store) -> Starlette:
 
     app = Starlette(
         routes=[*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes],
-        middleware=[Middleware(CORSMiddleware, allow_origin_regex=origin_regex(settings.origins),
+        middleware=[*([Middleware(HostCheck)] if guards(settings.host.host) else []),
+                    Middleware(CORSMiddleware, allow_origin_regex=origin_regex(settings.origins),
                                allow_methods=["*"], allow_headers=ALLOWED_HEADERS)],
         exception_handlers={CorralError: _corral_error, HTTPException: _http_error,
                             Exception: _unexpected},

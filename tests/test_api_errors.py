@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from gateway.hostcheck import host_allowed
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -80,3 +81,23 @@ def test_truncate_false_rejects_long_prompt(corral_server: LiveServer) -> None:
         "options": {"num_ctx": 128, "num_predict": 1}})
     assert reply.status_code == 400
     assert "context length" in reply.json()["error"]
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("localhost:11434", True), ("127.0.0.1", True), ("[::1]:8080", True), ("::1", True),
+    ("10.1.2.3:11434", True), ("192.168.0.9", True), ("0.0.0.0", True), ("box.local", True),
+    ("api.internal:80", True), ("app.localhost", True), ("THIS-HOST", True), ("", True),
+    ("evil.example", False), ("evil.example:11434", False), ("8.8.8.8", False),
+    ("localhost.evil.example", False),
+])
+def test_host_header_guard(host: str, allowed: bool) -> None:
+    assert host_allowed(host, "this-host") is allowed
+
+
+def test_loopback_server_refuses_foreign_host_headers(corral_server: LiveServer) -> None:
+    assert httpx.get(corral_server.url + "/api/version").status_code == 200
+    for path in ("/api/version", "/v1/models"):
+        rebound = httpx.get(corral_server.url + path, headers={"Host": "evil.example"})
+        assert rebound.status_code == 403 and "DNS-rebinding" in rebound.json()["error"]
+    local = httpx.get(corral_server.url + "/", headers={"Host": "localhost:11434"})
+    assert local.status_code == 200
