@@ -585,7 +585,7 @@ class _Builder:
         so a concurrent delete cannot remove one in between); then drop the old version's blobs
         that nothing uses any more. Returns whether any were removed."""
         store = self.store
-        with store._lock:  # the store's manifest/prune lock (see Store.delete)
+        with store.locked():
             for layer in manifest.all_layers():
                 if store.has_blob(layer.digest):
                     continue
@@ -597,16 +597,7 @@ class _Builder:
             store.write_manifest(self.spec.name, manifest)
             if old is None or not prune_old:
                 return False
-            unused = old.manifest.digests() - manifest.digests()
-            if not unused:
-                return False
-            in_use = store._digests_in_use()
-            removed = False
-            for digest in unused - in_use:
-                with contextlib.suppress(OSError, BadRequest):
-                    store.blob_path(digest).unlink()
-                    removed = True
-            return removed
+            return bool(store.remove_unused_blobs(old.manifest.digests() - manifest.digests()))
 
 
 def create_model(store: Store, spec: CreateSpec, progress: Progress, *, prune_old: bool = True,

@@ -365,11 +365,18 @@ class Store:
         models.sort(key=lambda m: m.modified_ns, reverse=True)
         return models
 
+    def locked(self) -> threading.RLock:
+        """The lock under which manifests are written and unused blobs removed: hold it to make
+        "check the blobs, write the manifest, drop what the old one used" one step."""
+        return self._lock
+
     def write_manifest(self, name: str | ModelName, manifest: Manifest) -> LocalModel:
         """Atomically (re)write a manifest; an existing case-variant of the name is overwritten."""
-        return self._write_manifest_bytes(self._as_name(name), manifest.to_bytes())
+        return self.write_manifest_bytes(self._as_name(name), manifest.to_bytes())
 
-    def _write_manifest_bytes(self, name: ModelName, raw: bytes) -> LocalModel:
+    def write_manifest_bytes(self, name: ModelName, raw: bytes) -> LocalModel:
+        """`write_manifest` for bytes kept as they are (a registry's: the digest, which is the
+        model's ID, must not change)."""
         with self._lock:
             target = self._resolve(name) or name
             path = self._manifest_file(target)
@@ -383,7 +390,7 @@ class Store:
         if src_model is None:
             raise NotFound(f'model "{src}" not found')
         raw = self._manifest_file(src_model.name).read_bytes()
-        return self._write_manifest_bytes(dst_name, raw)
+        return self.write_manifest_bytes(dst_name, raw)
 
     def delete(self, name: str | ModelName) -> None:
         """Remove the manifest, prune empty dirs and the blobs no other manifest uses."""
@@ -394,11 +401,18 @@ class Store:
             path = self._manifest_file(model.name)
             path.unlink()
             self._prune_manifest_dirs(path.parent)
-            in_use = self._digests_in_use()
-            for digest in model.manifest.digests():
-                if digest not in in_use:
-                    with contextlib.suppress(OSError, BadRequest):
-                        self.blob_path(digest).unlink(missing_ok=True)
+            self.remove_unused_blobs(model.manifest.digests())
+
+    def remove_unused_blobs(self, digests: set[str]) -> list[str]:
+        """Remove those of `digests` that no manifest names any more; the removed ones."""
+        removed = []
+        with self._lock:
+            for digest in sorted(digests - self._digests_in_use()):
+                with contextlib.suppress(OSError, BadRequest):
+                    if self.has_blob(digest):
+                        self.blob_path(digest).unlink()
+                        removed.append(digest)
+        return removed
 
     def _digests_in_use(self) -> set[str]:
         used: set[str] = set()

@@ -369,6 +369,14 @@ def test_delete_prunes_unreferenced_blobs_and_empty_dirs(store: Store) -> None:
     assert files_under(store.blobs_dir) == [store.blob_path(unrelated.digest).name]
 
 
+def test_remove_unused_blobs_keeps_what_a_manifest_names(store: Store) -> None:
+    model = make_model(store, "keeper", weights=b"kept weights")
+    loose = store.write_blob_bytes(b"nobody names this")
+    asked = {model.layers[0].digest, loose.digest, "sha256:" + "0" * 64}  # one never existed
+    assert store.remove_unused_blobs(asked) == [loose.digest]
+    assert store.has_blob(model.layers[0].digest) and not store.has_blob(loose.digest)
+
+
 def test_delete_missing(store: Store) -> None:
     with pytest.raises(NotFound) as info:
         store.delete("ghost:1")

@@ -422,27 +422,6 @@ def _blobs(manifest: Manifest) -> list[Layer]:
     return out
 
 
-def _write_manifest(store: Store, name: ModelName, raw: bytes) -> None:
-    # The registry's bytes, unchanged, so the manifest digest (the model ID) stays the same.
-    # Store's private writer: atomic, and it reuses an existing case variant of the name.
-    store._write_manifest_bytes(name, raw)
-
-
-def _remove_unused(store: Store, old: Manifest, new: Manifest) -> list[str]:
-    stale = old.digests() - new.digests()
-    if not stale:
-        return []
-    in_use: set[str] = set()
-    for model in store.list():
-        in_use |= model.manifest.digests()
-    removed = []
-    for digest in sorted(stale - in_use):
-        with contextlib.suppress(OSError, BadRequest):
-            store.blob_path(digest).unlink()
-            removed.append(digest)
-    return removed
-
-
 async def pull_model(
     store: Store,
     name: ModelName,
@@ -482,9 +461,13 @@ async def pull_model(
         for download in downloads:
             await asyncio.shield(download.task)
         yield progress.status("writing manifest")
-        old = store.find(name)
-        _write_manifest(store, name, raw)
-        if old is not None and _remove_unused(store, old.manifest, manifest):
+        with store.locked():  # one step: a concurrent delete cannot see it half done
+            old = store.find(name)
+            # The registry's bytes, unchanged, so the manifest digest (the model ID) stays.
+            store.write_manifest_bytes(name, raw)
+            removed = old is not None and store.remove_unused_blobs(
+                old.manifest.digests() - manifest.digests())
+        if removed:
             yield progress.status("removing unused layers")
         yield progress.status("success")
     except httpx.HTTPError as exc:
