@@ -275,7 +275,7 @@ class Inference:
         t0 = time.perf_counter_ns()
         async with self.pool.lease(job.key, job.model.display(), job.model, job.load,
                                    job.keep_alive) as entry:
-            job.load_duration = time.perf_counter_ns() - t0
+            job.load_duration += time.perf_counter_ns() - t0  # (a chat may lease twice)
             yield entry
 
     async def generate(self, job: Job, *, prompt: str | None = None,
@@ -289,12 +289,32 @@ class Inference:
         if prompt is None and messages is not None:
             rendered = self.template_prompt(job.model, messages, tool_list)
             if rendered is not None:  # the stop strings come from the model's params
+                if truncate:
+                    rendered = await self._fit(job, messages, tool_list, rendered)
                 prompt, messages = rendered, None
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
                              grammar=tools.grammar if tools else None, logprobs=logprobs)
         parser = tools.parser() if tools else None
         return await Generation.start(self._stream(job, request), parser)
+
+    async def _fit(self, job: Job, messages: list[Message], tools: list[Tool] | None,
+                   rendered: str) -> str:
+        """A chat rendered by the gateway's Go template, cut to the context as Ollama cuts it:
+        the oldest messages go first, system messages and the newest message stay. (The runner
+        does this itself for chats it renders.)"""
+        if len(rendered.encode()) + 1 < job.load.num_ctx:
+            return rendered  # a token is at least a byte (plus BOS): it fits, no need to count
+        async with self.lease(job) as entry:
+            limit = entry.ready.n_ctx - 1
+            kept = list(messages)
+            while len(await entry.runner.tokenize(rendered)) > limit:
+                droppable = [i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"]
+                if not droppable:
+                    break  # still too long: the runner keeps its start and end
+                del kept[droppable[0]]
+                rendered = self.template_prompt(job.model, kept, tools) or rendered
+            return rendered
 
     def tool_use(self, model: LocalModel, tools: list[Tool], choice: str | None, *,
                  parallel: bool = True) -> ToolUse | None:

@@ -193,3 +193,24 @@ def test_tools_through_a_gguf_jinja_template(corral_server: LiveServer, tmp_path
         assert len(call["function"]["arguments"]["city"]) <= 4
     finally:
         native.delete("corral-jinja-tools")
+
+
+def test_long_chat_through_a_go_template_drops_whole_old_messages(corral_server: LiveServer
+                                                                   ) -> None:
+    client = ollama.Client(host=corral_server.url)
+    client.create("corral-short-ctx", from_=MODEL, template=GEMMA_TOOLS,
+                  parameters={"num_ctx": 256, "temperature": 0, "num_predict": 2})
+    try:
+        history = []
+        for i in range(12):
+            history += [{"role": "user", "content": f"Question {i}: tell me about the river "
+                                                    "town, its bridge, market and old mill."},
+                        {"role": "assistant", "content": f"Answer {i}: it grew along the water "
+                                                         "with warehouses and a stone bridge."}]
+        history.append({"role": "user", "content": "And the harbour wall?"})
+        reply = client.chat("corral-short-ctx", messages=history)
+        # Old messages were dropped whole until the prompt fit: it fills most of the context.
+        # (Cutting tokens instead keeps the first 4 and about half the context from the end.)
+        assert 200 < reply.prompt_eval_count <= 255
+    finally:
+        client.delete("corral-short-ctx")
