@@ -36,6 +36,7 @@ from shared.errors import BadRequest, CorralError
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream
+MIN_COPY_TOKENS = 32  # a shared prefix worth copying another slot's cache for
 
 
 class LoadError(Exception):
@@ -142,6 +143,11 @@ class Engine:
         self._apply_adapters(load.adapters)
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.can_shift = bool(self.memory) and llama_cpp.llama_memory_can_shift(self.memory)
+        # Copying one slot's cache into another (shared prompt prefixes) needs an attention
+        # cache; recurrent state cannot be cut back to a prefix.
+        self.can_copy = (bool(self.memory) and load.parallel > 1
+                         and not llama_cpp.llama_model_is_recurrent(model)
+                         and not llama_cpp.llama_model_is_hybrid(model))
         self.n_ctx = llama_cpp.llama_n_ctx(ctx) // self.parallel
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 
@@ -319,14 +325,23 @@ class Engine:
     # --- the decode loop ----------------------------------------------------------------------
 
     def _admit(self) -> list[p.Message]:
-        """Give queued sequences free slots: the one sharing most, else the least recently used."""
+        """Give queued sequences free slots: the one sharing most, else the least recently used.
+
+        When another slot's cache holds a longer start of the prompt (the same system prompt,
+        or `n` choices of one request), that cache is copied over instead of computing the
+        prefix again; a request whose prefix another slot is still reading waits for it."""
         failed: list[p.Message] = []
+        deferred: list[Sequence] = []
         while self.queue:
             free = [s for s in self.slots if s.sequence is None]
             if not free:
                 break
             seq = self.queue.popleft()
+            if self._being_read(seq):
+                deferred.append(seq)
+                continue
             slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
+            self._copy_prefix(slot, seq.prompt)
             keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
             if not llama_cpp.llama_memory_seq_rm(self.memory, slot.index, keep, -1):
                 # Some caches (recurrent ones) cannot drop a tail: start this slot over.
@@ -348,7 +363,39 @@ class Engine:
             if uses_penalties(seq.options):
                 last_n = int(seq.options.get("repeat_last_n", 64))
                 seq.sampler.accept_prompt(seq.prompt[-last_n if last_n > 0 else 0:])
+        self.queue.extendleft(reversed(deferred))
         return failed
+
+    def _cached_share(self, prompt: list[int]) -> int:
+        """The longest start of `prompt` that some slot's cache holds now."""
+        return max(common_prefix(s.tokens, prompt) for s in self.slots)
+
+    def _being_read(self, seq: Sequence) -> bool:
+        """Whether a slot is still reading a prompt that shares clearly more with this one than
+        any cache holds: then it is cheaper to wait and copy that slot's cache."""
+        if not self.can_copy:
+            return False
+        cached = self._cached_share(seq.prompt)
+        return any(s.sequence is not None and s.sequence.pending
+                   and common_prefix(s.sequence.prompt, seq.prompt) - cached >= MIN_COPY_TOKENS
+                   for s in self.slots)
+
+    def _copy_prefix(self, slot: Slot, prompt: list[int]) -> None:
+        """Give `slot` the cache of another slot that holds clearly more of `prompt`.
+
+        With one cache stream per slot llama.cpp copies a whole stream (a memcpy of num_ctx
+        positions, done before the next decode), which is far cheaper than evaluating even a
+        few dozen prompt tokens; the copied tail beyond the shared part is dropped after."""
+        if not self.can_copy:
+            return
+        own = common_prefix(slot.tokens, prompt)
+        donor = max((s for s in self.slots if s is not slot),
+                    key=lambda s: common_prefix(s.tokens, prompt), default=None)
+        if donor is None or common_prefix(donor.tokens, prompt) - own < MIN_COPY_TOKENS:
+            return
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, donor.index, slot.index, -1, -1)
+        slot.tokens = list(donor.tokens)
 
     def _release(self, slot: Slot) -> None:
         seq = slot.sequence

@@ -124,6 +124,52 @@ def test_prefix_cache_serves_the_second_turn(engine) -> None:  # noqa: ANN001
     assert second.prompt_eval_count - second.cached_tokens < 40
 
 
+def test_requests_sharing_a_prompt_read_it_once(engine) -> None:  # noqa: ANN001
+    """Three requests with one long prompt (like `n` choices): one slot reads it, the other two
+    wait for that and copy its cache, and all three write what a request alone writes."""
+    import llama_cpp
+
+    prompt = "The lighthouse keeper counted ships along the northern coast. " * 12
+    [(alone, solo)] = run(engine, generate(engine, prompt=prompt)).values()
+    assert isinstance(solo, p.Done) and solo.prompt_eval_count > 100
+    for slot in engine.slots:  # forget every cached copy of it
+        slot.tokens = []
+    llama_cpp.llama_memory_clear(engine.memory, True)
+
+    requests = [generate(engine, prompt=prompt) for _ in range(3)]
+    results = run(engine, *requests)
+    dones = [results[r.id][1] for r in requests]
+    assert all(isinstance(d, p.Done) for d in dones)
+    assert [results[r.id][0] for r in requests] == [alone] * 3
+    assert sorted(d.cached_tokens for d in dones) == [0, solo.prompt_eval_count - 1,
+                                                      solo.prompt_eval_count - 1]
+
+    # A request that shares only the start (a common system prompt) copies that start too,
+    # while the other one is still generating.
+    first = generate(engine, prompt=prompt + "The first ship", options={**GREEDY,
+                                                                         "num_predict": 40})
+    other = generate(engine, prompt=prompt + "A storm came")
+    for slot in engine.slots:
+        slot.tokens = []
+    llama_cpp.llama_memory_clear(engine.memory, True)
+    engine.submit(first)
+    while not any(s.sequence and s.sequence.generated for s in engine.slots):
+        engine.step()  # the first one has read its prompt and is generating
+    engine.submit(other)
+    texts: dict[int, str] = {first.id: "", other.id: ""}
+    finals: dict[int, p.Message] = {}
+    while engine.busy:
+        for message in engine.step():
+            if isinstance(message, p.Chunk):
+                texts[message.id] += message.text
+            else:
+                finals[message.id] = message
+    done = finals[other.id]
+    assert isinstance(done, p.Done) and done.cached_tokens >= solo.prompt_eval_count - 2
+    [(text_alone, _)] = run(engine, generate(engine, prompt=prompt + "A storm came")).values()
+    assert texts[other.id] == text_alone
+
+
 @pytest.mark.parametrize("schema", [
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                       "age": {"type": "integer"}},
