@@ -145,7 +145,7 @@ class Engine:
         self.can_shift = bool(self.memory) and llama_cpp.llama_memory_can_shift(self.memory)
         # Copying one slot's cache into another (shared prompt prefixes) needs an attention
         # cache; recurrent state cannot be cut back to a prefix.
-        self.can_copy = (bool(self.memory) and load.parallel > 1
+        self.can_copy = (bool(self.memory) and self.parallel > 1
                          and not llama_cpp.llama_model_is_recurrent(model)
                          and not llama_cpp.llama_model_is_hybrid(model))
         self.n_ctx = llama_cpp.llama_n_ctx(ctx) // self.parallel
