@@ -126,7 +126,7 @@ class Generation:
                  parser: CallParser | None = None) -> None:
         self._first: p.Chunk | p.Done | None = first
         self._rest = rest
-        self.parser = parser
+        self._parser = parser
 
     @classmethod
     async def start(cls, stream: AsyncIterator[p.Chunk | p.Done],
@@ -146,7 +146,7 @@ class Generation:
             yield message
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        parser = self.parser
+        parser = self._parser
         if parser is None:
             async for message in self._messages():
                 yield message

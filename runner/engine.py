@@ -28,7 +28,7 @@ import numpy as np
 from runner.embedding import Embedder
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
-from runner.sampling import MAX_TOP_LOGPROBS, Sampler, token_logprobs, uses_penalties
+from runner.sampling import Sampler, token_logprobs, uses_penalties
 from runner.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
@@ -300,7 +300,7 @@ class Engine:
             # A raw grammar (the gateway's, for forced tool calls) wins over `format`.
             grammar=request.grammar or grammar_for(request.format), shift=request.shift,
             num_predict=num_predict,
-            logprobs=min(request.logprobs, MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
+            logprobs=min(request.logprobs, p.MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
         ))
 
     def cancel(self, request_id: int) -> bool:
@@ -555,6 +555,14 @@ class Engine:
         vectors, count = self._embedder.embed(tokenized, truncate=request.truncate,
                                               normalize=request.normalize)
         return p.Embeddings(request.id, vectors, count)
+
+    def set_threads(self, n_threads: int) -> None:
+        """Use `n_threads` from the next decode on (the supervisor shares the cores out)."""
+        n = max(1, n_threads)
+        llama_cpp.llama_set_n_threads(self.ctx, n, n)
+        if self._embedder is not None:
+            llama_cpp.llama_set_n_threads(self._embedder.ctx, n, n)
+        self.n_threads = n  # an embedding context made later takes the same
 
     def close(self) -> None:
         for slot in self.slots:

@@ -16,6 +16,7 @@ whole model fits there without evicting anything (`plan_replica`); CPU runners s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -265,10 +266,9 @@ def with_residents(inventory: Inventory, residents: Sequence[Resident]) -> Inven
     for r in residents:
         for index, nbytes in r.vram.items():
             held[index] = held.get(index, 0) + nbytes
-    gpus = tuple(GPU(g.index, g.uuid, g.name, g.total, max(g.free - held.get(g.index, 0), 0),
-                     g.library) for g in inventory.gpus)
-    return Inventory(gpus, inventory.ram_total, inventory.ram_free, inventory.simulated,
-                     inventory.notes)
+    return dataclasses.replace(inventory, gpus=tuple(
+        dataclasses.replace(g, free=max(g.free - held.get(g.index, 0), 0))
+        for g in inventory.gpus))
 
 
 def queue_is_long(waiting: int, slots: int, replicas: int) -> bool:
@@ -300,9 +300,7 @@ def plan_replica(estimate: Estimate, inventory: Inventory,
     free = tuple(g for g in inventory.gpus if g.index not in used)
     if not free:
         return None
-    room = Inventory(free, inventory.ram_total, inventory.ram_free, inventory.simulated,
-                     inventory.notes)
-    placement = place(estimate, room, overhead=overhead)
+    placement = place(estimate, dataclasses.replace(inventory, gpus=free), overhead=overhead)
     if placement.ram > 0 or placement.gpu_layers < placement.total_layers:
         return None  # it would spill onto the CPU: slower than waiting for the GPU replicas
     return placement

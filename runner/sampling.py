@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 
 from shared.errors import BadRequest
+from shared.protocol import MAX_TOP_LOGPROBS
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
@@ -137,9 +138,6 @@ class Sampler:
         llama_cpp.llama_sampler_free(self.chain)
         if self.grammar is not None:
             llama_cpp.llama_sampler_free(self.grammar)
-
-
-MAX_TOP_LOGPROBS = 20
 
 
 def token_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:

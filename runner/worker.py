@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 
-import llama_cpp
 import zmq
 
 from runner.engine import Engine, LoadError
@@ -35,16 +34,6 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
-
-def set_threads(engine: Engine, n_threads: int) -> None:
-    """Use `n_threads` from the next decode on (the supervisor shares the cores out)."""
-    n = max(1, n_threads)
-    llama_cpp.llama_set_n_threads(engine.ctx, n, n)
-    embedder = getattr(engine, "_embedder", None)
-    if embedder is not None:
-        llama_cpp.llama_set_n_threads(embedder.ctx, n, n)
-    engine.n_threads = n  # an embedding context made later takes the same
 
 
 class Worker:
@@ -102,7 +91,7 @@ class Worker:
                 self.send(p.HealthReply(rid, active, queued))
             case p.SetThreads(n_threads=n):
                 if engine is not None:
-                    set_threads(engine, n)
+                    engine.set_threads(n)
             case _ if engine is None:
                 self.send(p.Error(p.request_id(message), "model is not loaded"))
             case p.Generate():

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
+MAX_TOP_LOGPROBS = 20  # most rivals per token that `Generate.logprobs` may ask for
+
 # --- gateway -> runner -------------------------------------------------------------------------
 
 

@@ -197,6 +197,9 @@ def test_completions_prompts_n_echo_logprobs(client: openai.OpenAI) -> None:
         assert choice.logprobs.text_offset[0] == len(prompt)
         assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
     assert reply.usage.completion_tokens == 16
+    alone = [client.completions.create(model=MODEL, prompt=prompt, max_tokens=1).usage
+             for prompt in prompts]
+    assert reply.usage.prompt_tokens == sum(u.prompt_tokens for u in alone)  # each prompt once
     chunks = list(client.completions.create(model=MODEL, prompt="The sky is", max_tokens=4,
                                             temperature=0, echo=True, stream=True,
                                             stream_options={"include_usage": True}))

@@ -375,3 +375,15 @@ def test_tools_reach_the_chat_template_even_after_truncation(engine) -> None:  #
     text = "".join(engine.piece(t).decode(errors="replace") for t in tokens)
     assert len(tokens) < engine.n_ctx and "old 0 " not in text  # it was re-rendered shorter
     assert text.startswith("TOOL=get_weather;") and text.endswith("NEWEST")
+
+
+def test_threads_change_between_steps(engine) -> None:  # noqa: ANN001
+    before = engine.n_threads
+    [(text, _)] = run(engine, generate(engine, prompt="The sky is")).values()
+    try:
+        engine.set_threads(1)  # what a SetThreads message from the supervisor does
+        assert engine.n_threads == 1
+        [(again, done)] = run(engine, generate(engine, prompt="The sky is")).values()
+        assert isinstance(done, p.Done) and again == text
+    finally:
+        engine.set_threads(before)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from runner.engine import _drop_swallowed
-from runner.sampling import MAX_TOP_LOGPROBS, token_logprobs
+from runner.sampling import token_logprobs
 from runner.textstream import TextStream
+from shared.protocol import MAX_TOP_LOGPROBS
 
 
 def reference(logits: np.ndarray) -> np.ndarray:

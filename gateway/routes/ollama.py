@@ -71,12 +71,9 @@ def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
 def _logprobs(data: dict[str, Any]) -> int:
     """`logprobs` and `top_logprobs` as the runner's count: -1 none, else rivals per token."""
     top = field(data, "top_logprobs", int, 0)
-    if not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if not 0 <= top <= p.MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be between 0 and {p.MAX_TOP_LOGPROBS}")
     return top if field(data, "logprobs", bool, False) else -1
-
-
-MAX_TOP_LOGPROBS = 20
 
 
 def _with_logprobs(line: str, chunk: p.Chunk) -> str:

@@ -31,7 +31,6 @@ from shared.errors import BadRequest, CorralError, NotFound
 JSON = "application/json"
 FINGERPRINT = "fp_ollama"
 MAX_CHOICES = 8  # `n`: each choice takes a parallel slot
-MAX_TOP_LOGPROBS = 20
 
 # OpenAI's error types by status; the SDKs pick their exception class from the status.
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -110,8 +109,8 @@ def _choices(data: dict[str, Any]) -> int:
 
 def _chat_logprobs(data: dict[str, Any]) -> int:
     top = field(data, "top_logprobs", int)
-    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if top is not None and not 0 <= top <= p.MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be between 0 and {p.MAX_TOP_LOGPROBS}")
     if not field(data, "logprobs", bool, False):
         if top is not None:
             raise BadRequest("top_logprobs requires logprobs to be true")
@@ -197,13 +196,16 @@ def _finish_reason(done: p.Done, called: bool) -> str:
     return "tool_calls" if called else "stop"
 
 
-def _usage(dones: list[p.Done]) -> dict[str, Any]:
-    """Usage over all choices: the prompt counted once, every choice's completion."""
-    prompt = dones[0].prompt_eval_count
-    completion = sum(done.eval_count for done in dones)
+def _usage(dones: dict[int, p.Done], n: int) -> dict[str, Any]:
+    """Usage over all choices (by index; `n` per prompt): each prompt counted once, every
+    choice's completion."""
+    ordered = [dones[index] for index in sorted(dones)]
+    firsts = ordered[::n]  # one choice per prompt
+    prompt = sum(done.prompt_eval_count for done in firsts)
+    completion = sum(done.eval_count for done in ordered)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": dones[0].cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": sum(d.cached_tokens for d in firsts)}}
 
 
 def _openai_calls(calls: list[dict[str, Any]], *, streamed: bool) -> list[dict[str, Any]]:
@@ -352,7 +354,8 @@ async def chat_completions(request: Request) -> Response:
                             "logprobs": {"content": reply.logprobs} if logprobs >= 0 else None,
                             "finish_reason": _finish_reason(reply.done, bool(reply.tool_calls))})
         return json_response({**base, "object": "chat.completion", "choices": choices,
-                              "usage": _usage([r.done for r in replies])}, media_type=JSON)
+                              "usage": _usage(dict(enumerate(r.done for r in replies)),
+                                              len(jobs))}, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     head = _chunk_head(base)
@@ -360,10 +363,10 @@ async def chat_completions(request: Request) -> Response:
     async def events() -> AsyncIterator[bytes]:
         started: set[int] = set()
         called: set[int] = set()
-        dones: list[p.Done] = []
+        dones: dict[int, p.Done] = {}
         async for index, event in _merged(generations):
             if isinstance(event, p.Done):
-                dones.append(event)
+                dones[index] = event
                 choice = {"index": index, "delta": {},
                           "finish_reason": _finish_reason(event, index in called)}
                 yield _sse({**base, "choices": [choice]})
@@ -380,7 +383,7 @@ async def chat_completions(request: Request) -> Response:
                     choice["logprobs"] = {"content": event.logprobs or []}
             yield head + dumps(choice).encode() + b"]}\n\n"
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(dones)})
+            yield _sse({**base, "choices": [], "usage": _usage(dones, len(jobs))})
 
     return _stream(events())
 
@@ -405,8 +408,8 @@ async def completions(request: Request) -> Response:
     suffix = field(data, "suffix", str)
     echo = field(data, "echo", bool, False)
     top = field(data, "logprobs", int)
-    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise BadRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if top is not None and not 0 <= top <= p.MAX_TOP_LOGPROBS:
+        raise BadRequest(f"logprobs must be between 0 and {p.MAX_TOP_LOGPROBS}")
     logprobs = -1 if top is None else top
     n = _choices(data)
     texts = [inference.fill_in_middle(model, prompt, suffix) if suffix else prompt
@@ -432,20 +435,21 @@ async def completions(request: Request) -> Response:
         choices = [choice(i, echoed[i] + r.text, r.logprobs, len(echoed[i]),
                           _finish_reason(r.done, False)) for i, r in enumerate(replies)]
         return json_response({**base, "choices": choices,
-                              "usage": _usage([r.done for r in replies])}, media_type=JSON)
+                              "usage": _usage(dict(enumerate(r.done for r in replies)),
+                                              len(jobs))}, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     head = _chunk_head(base)
 
     async def events() -> AsyncIterator[bytes]:
         offsets = [len(text) for text in echoed]
-        dones: list[p.Done] = []
+        dones: dict[int, p.Done] = {}
         for index, text in enumerate(echoed):
             if text:
                 yield _sse({**base, "choices": [choice(index, text, None, 0, None)]})
         async for index, event in _merged(generations):
             if isinstance(event, p.Done):
-                dones.append(event)
+                dones[index] = event
                 yield _sse({**base, "choices": [
                     choice(index, "", None, offsets[index], _finish_reason(event, False))]})
             elif isinstance(event, p.Chunk):
@@ -453,7 +457,7 @@ async def completions(request: Request) -> Response:
                 yield head + dumps(one).encode() + b"]}\n\n"
                 offsets[index] += len(event.text)
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(dones)})
+            yield _sse({**base, "choices": [], "usage": _usage(dones, len(jobs))})
 
     return _stream(events())
 
