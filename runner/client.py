@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from runner.cpusafety import crash_signal, describe_crash
 from shared import protocol as p
 from shared.errors import CorralError, RunnerError
 
@@ -35,6 +37,16 @@ def _context() -> zmq.asyncio.Context:
     if _zctx is None:
         _zctx = zmq.asyncio.Context()
     return _zctx
+
+
+def exit_reason(code: int) -> str:
+    """An exit status in words: a crash signal with its likely cause, another signal by name."""
+    if (number := crash_signal(code)) is not None:
+        return f"crashed with {describe_crash(number)}"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 class RunnerProcess:
@@ -59,6 +71,11 @@ class RunnerProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended (negative: the signal that ended it)."""
+        return self.proc.returncode if self.proc else None
 
     @property
     def alive(self) -> bool:
@@ -110,7 +127,7 @@ class RunnerProcess:
         assert self.proc is not None
         code = await self.proc.wait()
         if self.dead is None:
-            self.dead = f"runner process terminated unexpectedly (exit code {code})"
+            self.dead = f"runner process terminated unexpectedly ({exit_reason(code)})"
             log.warning("%s: %s", self.name, self.dead)
         error = p.Error(0, self.dead)
         if self._load_reply and not self._load_reply.done():

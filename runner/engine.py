@@ -25,6 +25,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from runner.cpusafety import cpu_config, inject_fault
 from runner.embedding import Embedder
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
@@ -93,6 +94,15 @@ def _drop_swallowed(entries: list[dict[str, Any]], n_bytes: int) -> None:
         n_bytes -= len(entries.pop()["bytes"])
 
 
+def _device(load: p.Load) -> str:
+    """Where the layers went: "cpu", or the GPUs ("gpu:0", "gpu:0,1") when this build offloads."""
+    if load.num_gpu == 0 or not llama_cpp.llama_supports_gpu_offload():
+        return "cpu"
+    if load.tensor_split:
+        return "gpu:" + ",".join(str(i) for i, share in enumerate(load.tensor_split) if share > 0)
+    return f"gpu:{max(load.main_gpu, 0)}"
+
+
 class Engine:
     def __init__(self, load: p.Load) -> None:
         llama_cpp.llama_backend_init()
@@ -110,10 +120,13 @@ class Engine:
         else:
             mparams.split_mode = 0  # LLAMA_SPLIT_MODE_NONE: the whole model on main_gpu
         mparams.load_mode = 1 if load.use_mmap else 0  # LLAMA_LOAD_MODE_MMAP / NONE
+        system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        mparams.use_extra_bufts, self.cpu_config = cpu_config(load.safe_cpu, system_info)
         model = llama_cpp.llama_model_load_from_file(load.model_path.encode(), mparams)
         if not model:
             raise LoadError(f"failed to load model {load.model_path}")
         self.model = model
+        self.device = _device(load)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
@@ -161,6 +174,26 @@ class Engine:
         self.queue: deque[Sequence] = deque()
         self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
         self._embedder: Embedder | None = None
+        self._warm_up(load.safe_cpu)
+
+    def _warm_up(self, safe: bool) -> None:
+        """Decode one token before reporting ready, so that a build that crashes on this machine
+        crashes while loading, where the pool can retry it in the safe configuration, and not
+        under a user's first request."""
+        inject_fault(safe)
+        bos = llama_cpp.llama_vocab_bos(self.vocab)
+        batch = self.batch
+        batch.token[0] = bos if bos >= 0 else 0
+        batch.pos[0] = 0
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = 1
+        batch.n_tokens = 1
+        rc = llama_cpp.llama_decode(self.ctx, batch)
+        llama_cpp.llama_memory_seq_rm(self.memory, 0, -1, -1)
+        if rc != 0:
+            self.close()
+            raise LoadError(f"the warm-up decode failed with code {rc}")
 
     def _apply_adapters(self, paths: list[str]) -> None:
         """LoRA adapters (the model's ADAPTER layers), at full scale. llama.cpp frees them with

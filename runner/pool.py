@@ -10,7 +10,8 @@ Loading a model asks the supervisor's pure decisions (runner/placement.py) over 
 where it goes, how many slots it gets, and which idle runners must go first; busy runners are never
 evicted, the load waits for one to finish instead. Requests to loaded models never wait behind a
 load. A runner that died or stops answering health checks is dropped, and the next request starts
-a fresh one; a load that fails (out of memory) evicts the other idle runners and tries once more.
+a fresh one; a load that fails (out of memory) evicts the other idle runners and tries once more,
+and a runner that crashes while loading is started once more in the safe CPU configuration.
 Runners that compute on the CPU share its cores: each busy one gets its part as threads (unless
 the request set num_thread), told anew whenever a CPU runner starts or stops computing.
 """
@@ -34,6 +35,7 @@ from typing import Any
 import psutil
 
 from runner.client import RunnerProcess
+from runner.cpusafety import crash_signal, describe_crash
 from runner.estimate import Estimate, shape_from_gguf
 from runner.inventory import Inventory, cpu_cores, gpu_memory_by_pid, read_inventory
 from runner.placement import (
@@ -49,7 +51,7 @@ from runner.placement import (
 )
 from shared import protocol as p
 from shared.config import Settings
-from shared.errors import CorralError, RunnerError, ServerBusy
+from shared.errors import CorralError, RunnerCrashed, RunnerError, ServerBusy
 
 log = logging.getLogger("corral.pool")
 
@@ -219,9 +221,9 @@ class RunnerPool:
                 continue
             try:
                 return await self._load(key, name, model, load, keep_alive)
-            except RunnerError:
+            except RunnerError as exc:
                 idle = [e for e in self.entries() if e.refcount == 0]
-                if retried or not idle:
+                if retried or not idle or isinstance(exc, RunnerCrashed):
                     raise
                 retried = True  # out of memory, perhaps: free what we can and try once more
                 log.warning("loading %s failed; unloading %d idle runner(s) and retrying", name,
@@ -398,15 +400,13 @@ class RunnerPool:
             num_thread=load.num_thread or threads,
             tensor_split=list(placement.tensor_split) if placement.tensor_split and on_gpu
             else None)
-        runner = RunnerProcess(name, effective, self._runtime_dir, debug=self.settings.debug > 0)
         log.info("loading %s: %s, %d slot(s) of %d tokens, estimated %.0f MiB%s", name,
                  placement.describe(), parallel, load.num_ctx, need.total / 2**20,
                  f", {threads} CPU thread(s)" if threads else "")
         started = time.perf_counter()
         try:
-            await runner.start(self.settings.load_timeout or 1e9)
+            runner = await self._launch(name, effective)
         except BaseException:  # failed, timed out, or cancelled (shutdown, client gone)
-            await runner.stop()
             await self._rebalance_threads()  # give the others their cores back
             raise
         log.info("loaded %s in %.2fs (pid %s)", name, time.perf_counter() - started, runner.pid)
@@ -417,6 +417,31 @@ class RunnerPool:
         if replica:  # nobody holds it yet: its keep-alive runs from now
             self._arm_expiry(entry)
         return entry
+
+    async def _launch(self, name: str, load: p.Load) -> RunnerProcess:
+        """Start a runner process. One that crashes while loading (SIGSEGV, SIGILL, SIGBUS,
+        SIGABRT; not SIGKILL, the OOM killer's) is retried once in the safe CPU configuration."""
+        runner = RunnerProcess(name, load, self._runtime_dir, debug=self.settings.debug > 0)
+        try:
+            await runner.start(self.settings.load_timeout or 1e9)
+            return runner
+        except RunnerError:
+            await runner.stop()
+            number = crash_signal(runner.returncode)
+            if number is None:
+                raise
+            if load.safe_cpu:
+                raise RunnerCrashed(
+                    f"the runner for {name} crashed while loading, also in the safe CPU "
+                    f"configuration: {describe_crash(number)}") from None
+            log.warning(
+                "the runner for %s crashed while loading (%s); retrying once in the safe CPU "
+                "configuration (no AMX, no repacked weights), which /api/ps will show",
+                name, describe_crash(number))
+        except BaseException:
+            await runner.stop()
+            raise
+        return await self._launch(name, dataclasses.replace(load, safe_cpu=True))
 
     def _cpu_runners(self) -> list[LoadedRunner]:
         return [e for e in self.entries() if e.on_cpu and e.runner.alive]

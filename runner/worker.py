@@ -18,6 +18,7 @@ import sys
 import zmq
 
 from runner.engine import Engine, LoadError
+from runner.intake import Intake
 from shared import protocol as p
 from shared.errors import CorralError
 
@@ -44,6 +45,7 @@ class Worker:
         self.sock.bind(endpoint)
         self.peer: bytes | None = None
         self.engine: Engine | None = None
+        self.intake: Intake | None = None  # prepares big requests off the loop
         self.running = True
         self.parent = os.getppid()
 
@@ -68,15 +70,19 @@ class Worker:
 
     def run(self) -> None:
         while self.running:
-            engine = self.engine
-            busy = engine is not None and engine.busy
-            for message in self.receive(0 if busy else _IDLE_POLL_MS):
+            engine, intake = self.engine, self.intake
+            busy = engine is not None and (engine.busy or (intake is not None and intake.computing))
+            wait = intake.wait_ms(_IDLE_POLL_MS) if intake is not None else _IDLE_POLL_MS
+            for message in self.receive(0 if busy else wait):
                 self.handle(message)
             if self.engine is not None and self.engine.busy:
                 for out in self.engine.step():
                     self.send(out)
             elif os.getppid() != self.parent:
                 return  # the gateway is gone
+            if self.intake is not None:
+                for out in self.intake.step():
+                    self.send(out)
 
     def handle(self, message: p.Message) -> None:
         engine = self.engine
@@ -88,24 +94,25 @@ class Worker:
             case p.Health(id=rid):
                 active = engine.active if engine else 0
                 queued = len(engine.queue) if engine else 0
+                queued += self.intake.pending if self.intake else 0
                 self.send(p.HealthReply(rid, active, queued))
             case p.SetThreads(n_threads=n):
                 if engine is not None:
                     engine.set_threads(n)
             case _ if engine is None:
                 self.send(p.Error(p.request_id(message), "model is not loaded"))
-            case p.Generate():
-                self.guard(message.id, engine.submit, message)
+            case p.Generate() | p.Embed() | p.Tokenize():
+                self.guard(message.id, self.submit, message)
             case p.Cancel(id=rid):
-                engine.cancel(rid)
-            case p.Embed():
-                self.guard(message.id, lambda m: self.send(engine.embed(m)), message)
-            case p.Tokenize():
-                self.guard(message.id,
-                           lambda m: self.send(p.Tokens(m.id, engine.tokenize(
-                               m.text, add_special=m.add_special))), message)
+                if self.intake is None or not self.intake.cancel(rid):
+                    engine.cancel(rid)
             case _:
                 log.error("unexpected message %r", message)
+
+    def submit(self, message: p.Generate | p.Embed | p.Tokenize) -> None:
+        assert self.intake is not None
+        for out in self.intake.submit(message):
+            self.send(out)
 
     def guard(self, request_id: int, fn, message: p.Message) -> None:  # noqa: ANN001
         try:
@@ -127,7 +134,7 @@ class Worker:
         self.send(p.Ready(
             pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
             parallel=engine.parallel, model_bytes=engine.model_bytes, kv_bytes=engine.kv_bytes(),
-            device="cpu",
+            device=engine.device, cpu_config=engine.cpu_config,
         ))
 
     def close(self) -> None:

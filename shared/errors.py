@@ -36,5 +36,10 @@ class RunnerError(CorralError):
     status = 500
 
 
+class RunnerCrashed(RunnerError):
+    """A runner crashed while loading in every configuration tried: unloading other models
+    would not help."""
+
+
 class ConfigError(ValueError):
     """A malformed environment variable; `serve` stops with this message."""

@@ -37,6 +37,9 @@ class Load:
     kv_cache_type: str = "f16"
     adapters: list[str] = field(default_factory=list)  # LoRA adapter GGUFs applied at load
     tensor_split: list[float] | None = None  # share of layers per GPU when split across GPUs
+    # The conservative CPU configuration: no extra buffer types (AMX, repacked weights). The pool
+    # asks for it after a runner crashed while loading.
+    safe_cpu: bool = False
 
 
 @dataclass(slots=True)
@@ -114,7 +117,8 @@ class Ready:
     parallel: int
     model_bytes: int  # bytes of weights (llama_model_size)
     kv_bytes: int  # bytes of KV cache (estimated from the model shape)
-    device: str  # "cpu" or e.g. "cuda:0"
+    device: str  # "cpu" or e.g. "gpu:0"
+    cpu_config: str = "optimized"  # or "safe (...)": why the extra CPU buffer types are off
 
 
 @dataclass(slots=True)

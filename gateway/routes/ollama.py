@@ -315,6 +315,8 @@ async def ps(request: Request) -> Response:
                 "active": min(entry.refcount, entry.parallel),
                 "queued": entry.queued,
                 "threads": entry.threads or entry.requested.num_thread or None,
+                "device": entry.ready.device,
+                "cpu_config": entry.ready.cpu_config,
                 "expires_at": rfc3339_nano(_expiry_ns(entry.expires_at)),
                 "measured": {"rss": entry.measured_rss(),
                              "vram": None if vram is None else vram.get(pid or 0, 0)},
@@ -341,6 +343,7 @@ async def ps(request: Request) -> Response:
                 "planned": placement.describe() + (" (simulated GPUs)" if first.simulated
                                                    else ""),
                 "parallel": first.parallel,
+                "cpu_config": first.ready.cpu_config,
                 "replicas": len(group),
                 "runners": runners,
                 "active": sum(r["active"] for r in runners),
