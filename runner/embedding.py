@@ -49,6 +49,17 @@ class Embedder:
     def embed(self, inputs: list[list[int]], *, truncate: bool, normalize: bool
               ) -> tuple[list[bytes], int]:
         """Float32 vectors (as bytes) for tokenised inputs, and the tokens evaluated."""
+        prepared = self.fit(inputs, truncate=truncate)
+        vectors: list[bytes] = []
+        start = 0
+        while start < len(prepared):
+            end = self.next_group(prepared, start)
+            vectors.extend(self.decode(prepared[start:end], normalize))
+            start = end
+        return vectors, sum(len(t) for t in prepared)
+
+    def fit(self, inputs: list[list[int]], *, truncate: bool) -> list[list[int]]:
+        """Inputs cut to the context (or a 400 without `truncate`)."""
         limit = self.n_ctx
         prepared: list[list[int]] = []
         for tokens in inputs:
@@ -57,20 +68,22 @@ class Embedder:
                     raise BadRequest("the input length exceeds the context length")
                 tokens = tokens[:limit]
             prepared.append(tokens)
-        vectors: list[bytes] = []
-        start = 0
-        while start < len(prepared):
-            # Pack inputs until the batch or the sequence ids run out.
-            end, used = start, 0
-            while end < len(prepared) and end - start < self.n_seq and \
-                    used + len(prepared[end]) <= self.n_ctx:
-                used += len(prepared[end])
-                end += 1
-            vectors.extend(self._decode(prepared[start:end], normalize))
-            start = end
-        return vectors, sum(len(t) for t in prepared)
+        return prepared
 
-    def _decode(self, group: list[list[int]], normalize: bool) -> list[bytes]:
+    def next_group(self, prepared: list[list[int]], start: int, max_tokens: int | None = None
+                   ) -> int:
+        """Where the group of inputs from `start` ends: packed until the batch, the sequence
+        ids or `max_tokens` run out, but always at least one input (an input cannot be split:
+        it is pooled within one batch)."""
+        limit = self.n_ctx if max_tokens is None else min(max_tokens, self.n_ctx)
+        end, used = start, 0
+        while end < len(prepared) and end - start < self.n_seq and \
+                (end == start or used + len(prepared[end]) <= limit):
+            used += len(prepared[end])
+            end += 1
+        return end
+
+    def decode(self, group: list[list[int]], normalize: bool) -> list[bytes]:
         batch, n = self.batch, 0
         for seq_id, tokens in enumerate(group):
             for pos, token in enumerate(tokens):

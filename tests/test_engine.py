@@ -296,7 +296,7 @@ def test_logprobs_describe_every_generated_token(engine) -> None:  # noqa: ANN00
     assert isinstance(done, p.Done) and done.eval_count > 0
     entries = [entry for field in fields for entry in field]
     assert len(entries) == done.eval_count  # a raw prompt has no stop strings
-    generated = done.context[done.prompt_eval_count:]
+    generated = done.context[done.prompt_eval_count - 1:]  # context has no BOS
     assert [bytes(e["bytes"]) for e in entries] == [engine.piece(t) for t in generated]
     assert b"".join(bytes(e["bytes"]) for e in entries).decode() == text
     for entry in entries:

