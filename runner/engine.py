@@ -250,7 +250,9 @@ class Engine:
             buf = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
                                          True)
-        return list(buf[:n])
+        # numpy converts millions of ids several times faster than slicing the ctypes array,
+        # and this runs while the decode loop waits for the GIL (runner/intake.py).
+        return np.frombuffer(buf, dtype=np.int32, count=n).tolist()
 
     def piece(self, token: int) -> bytes:
         """A token's bytes, looked up in C once per token id and then cached."""
@@ -295,9 +297,12 @@ class Engine:
         else:
             tokens = self.tokenize(request.prompt or "")
         if request.context:
-            # /api/generate's deprecated `context`: earlier tokens first, without a second BOS.
-            bos = llama_cpp.llama_vocab_bos(self.vocab)
-            tokens = list(request.context) + (tokens[1:] if tokens[:1] == [bos] else tokens)
+            # /api/generate's deprecated `context` (without BOS, as Ollama sends it back): BOS,
+            # the earlier tokens, then the new ones.
+            bos = [llama_cpp.llama_vocab_bos(self.vocab)]
+            head, new = (bos, tokens[1:]) if tokens[:1] == bos else ([], tokens)
+            earlier = list(request.context)
+            tokens = head + (earlier[1:] if earlier[:1] == bos else earlier) + new
         if len(tokens) > limit:
             if not request.truncate:
                 raise BadRequest(
@@ -315,6 +320,14 @@ class Engine:
 
     def submit(self, request: p.Generate) -> None:
         """Queue a generation; raises CorralError for a request that cannot run."""
+        self.enqueue(self.prepare(request))
+
+    def enqueue(self, seq: Sequence) -> None:
+        self.queue.append(seq)
+
+    def prepare(self, request: p.Generate) -> Sequence:
+        """The sequence for a request: rendered, tokenized and fitted to the context. It leaves
+        the engine's state alone, so it may run on another thread while the loop decodes."""
         options = request.options
         tokens, format_stops = self.prompt_tokens(request)
         if not tokens:
@@ -328,13 +341,13 @@ class Engine:
             num_predict = max(self.n_ctx - len(tokens), 1)
         elif num_predict < 0:  # "until stop": with context shift that could be forever
             num_predict = 10 * self.n_ctx  # Ollama's cap
-        self.queue.append(Sequence(
+        return Sequence(
             request.id, tokens, options, TextStream(stops),
             # A raw grammar (the gateway's, for forced tool calls) wins over `format`.
             grammar=request.grammar or grammar_for(request.format), shift=request.shift,
             num_predict=num_predict,
             logprobs=min(request.logprobs, p.MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
-        ))
+        )
 
     def cancel(self, request_id: int) -> bool:
         for seq in self.queue:
@@ -563,7 +576,9 @@ class Engine:
             prompt_eval_duration=seq.first_token_ns - seq.started_ns,
             eval_count=len(seq.generated),
             eval_duration=max(now - seq.first_token_ns, 0),
-            context=seq.prompt + seq.generated,
+            # Without BOS, as Ollama's; a request that sends it back gets BOS again first.
+            context=(seq.prompt[1:] if seq.prompt[:1] == [llama_cpp.llama_vocab_bos(self.vocab)]
+                     else seq.prompt) + seq.generated,
             cached_tokens=seq.cached,
         )
         self._release(self.slots[seq.slot])
@@ -580,13 +595,17 @@ class Engine:
 
     # --- embeddings ---------------------------------------------------------------------------
 
-    def embed(self, request: p.Embed) -> p.Embeddings:
+    def embedder(self) -> Embedder:
+        """The embedding context, made on first use."""
         if self._embedder is None:
             self._embedder = Embedder(self.model, min(self.n_ctx, 8192), self.n_threads,
                                       self.n_embd)
+        return self._embedder
+
+    def embed(self, request: p.Embed) -> p.Embeddings:
         tokenized = [self.tokenize(text) for text in request.inputs]
-        vectors, count = self._embedder.embed(tokenized, truncate=request.truncate,
-                                              normalize=request.normalize)
+        vectors, count = self.embedder().embed(tokenized, truncate=request.truncate,
+                                               normalize=request.normalize)
         return p.Embeddings(request.id, vectors, count)
 
     def set_threads(self, n_threads: int) -> None:

@@ -131,6 +131,7 @@ class Worker:
             self.running = False
             return
         self.engine = engine
+        self.intake = Intake(engine)
         self.send(p.Ready(
             pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
             parallel=engine.parallel, model_bytes=engine.model_bytes, kv_bytes=engine.kv_bytes(),
@@ -138,7 +139,8 @@ class Worker:
         ))
 
     def close(self) -> None:
-        if self.engine is not None:
+        # A tokenization still running reads the vocabulary: then leave the model to the exit.
+        if self.engine is not None and (self.intake is None or self.intake.close()):
             self.engine.close()
         self.sock.close(linger=500)
 
