@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     from gateway.cli.plan import add_plan_parser  # `corral plan`: the supervisor's decision
     add_plan_parser(sub)
+    from gateway.cli.verify import add_verify_parser  # `corral verify`: the store, like fsck
+    add_verify_parser(sub)
     return parser
 
 
@@ -115,6 +117,9 @@ def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["verify"]:  # its own parser: usage errors exit 2, as fsck's do
+        from gateway.cli.verify import cmd_verify
+        return cmd_verify(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
