@@ -28,9 +28,18 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 
-# The registry tests run Debian's docker-registry (the CNCF distribution registry) on loopback.
+# Debian tools the tests run: docker-registry (the CNCF distribution registry, on loopback) for
+# the registry tests; systemd-analyze, docker-compose 1.29 and promtool (prometheus) check the
+# files in deploy/. One `apt-get update`, then only what is missing (command:package pairs).
+TEST_TOOLS := docker-registry:docker-registry systemd-analyze:systemd \
+	docker-compose:docker-compose promtool:prometheus
+
 test: lint
-	command -v docker-registry >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-registry)
+	@missing=""; for pair in $(TEST_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -12,6 +12,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from gateway.app import create_app
+from gateway.sdnotify import Notifier, ready_when_listening, run_watchdog
 from registry.bundled import import_bundled_model
 from registry.store import Store
 from shared.config import Settings
@@ -26,7 +27,7 @@ def _configure_logging(debug: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def _serve(settings: Settings, store: Store) -> None:
+async def _serve(settings: Settings, store: Store, notifier: Notifier) -> None:
     app = create_app(settings, store)
     config = Config()
     host = settings.host.host
@@ -37,11 +38,26 @@ async def _serve(settings: Settings, store: Store) -> None:
     config.keep_alive_timeout = 75
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        notifier.stopping("stopping: unloading models")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     atexit.register(app.state.pool.kill_all)  # belt and braces: never leave a runner behind
     log.info("corral listening on %s (models in %s)", settings.host.url, settings.models)
-    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    notifier.status(f"starting the HTTP server on {settings.host.url}")
+    # systemd (Type=notify) hears READY=1 only once the port accepts connections.
+    helpers = [asyncio.create_task(ready_when_listening(
+                   notifier, host, settings.host.port,
+                   f"listening on {settings.host.url}, models in {settings.models}")),
+               asyncio.create_task(run_watchdog(notifier))]
+    try:
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    finally:
+        for task in helpers:
+            task.cancel()
 
 
 def serve_forever(settings: Settings | None = None) -> int:
@@ -51,13 +67,16 @@ def serve_forever(settings: Settings | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     _configure_logging(settings.debug)
+    notifier = Notifier.from_env()  # systemd's NOTIFY_SOCKET; does nothing outside systemd
     store = Store(settings.models)
     if not settings.noprune:
+        notifier.status(f"checking the model store {settings.models}")
         removed = store.prune()  # unreferenced blobs and stale temp files older than an hour
         if removed:
             log.info("pruned %d unused file(s) from %s", len(removed), store.blobs_dir)
+    notifier.status("importing the bundled model")
     name = import_bundled_model(store)
     if name is not None:
         log.info("bundled model %s is ready", name)
-    asyncio.run(_serve(settings, store))
+    asyncio.run(_serve(settings, store, notifier))
     return 0

@@ -144,10 +144,9 @@ def read_inventory(*, gpus_file: Path | None = None, cpu_only: bool = False,
 _NVML_NOT_AVAILABLE = 2**64 - 1
 
 
-def gpu_memory_by_pid(pids: set[int], nvml: Any = None) -> dict[int, int] | None:
-    """GPU memory each of `pids` really holds, summed over every GPU (NVML's compute processes);
-    None where there is no NVML. Inside a container NVML may report host PIDs, which then do not
-    match: those runners read as 0."""
+def _compute_processes(nvml: Any = None) -> dict[int, int | None] | None:
+    """Every compute process NVML lists, by PID, with its GPU memory summed over every GPU (None
+    where NVML does not know the amount); None where there is no NVML."""
     if nvml is None:
         try:
             import pynvml as nvml
@@ -157,7 +156,7 @@ def gpu_memory_by_pid(pids: set[int], nvml: Any = None) -> dict[int, int] | None
         nvml.nvmlInit()
     except nvml.NVMLError:
         return None
-    used = dict.fromkeys(pids, 0)
+    seen: dict[int, int | None] = {}
     try:
         for i in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(i)
@@ -167,11 +166,33 @@ def gpu_memory_by_pid(pids: set[int], nvml: Any = None) -> dict[int, int] | None
                 continue  # e.g. a MIG parent or a GPU that fell off the bus: skip it
             for proc in processes:
                 nbytes = proc.usedGpuMemory
-                if proc.pid in used and nbytes is not None and nbytes != _NVML_NOT_AVAILABLE:
-                    used[proc.pid] += int(nbytes)
+                known = nbytes is not None and nbytes != _NVML_NOT_AVAILABLE
+                before = seen.get(proc.pid)
+                seen[proc.pid] = (before or 0) + int(nbytes) if known else before
     finally:
         nvml.nvmlShutdown()
-    return used
+    return seen
+
+
+def gpu_memory_by_pid(pids: set[int], nvml: Any = None) -> dict[int, int] | None:
+    """GPU memory each of `pids` really holds, summed over every GPU (NVML's compute processes);
+    None where there is no NVML. A PID NVML does not list reads as 0."""
+    seen = _compute_processes(nvml)
+    if seen is None:
+        return None
+    return {pid: seen.get(pid) or 0 for pid in pids}
+
+
+def runner_gpu_memory(reported: dict[int, int], nvml: Any = None) -> dict[int, int] | None:
+    """GPU memory of each runner (PID -> bytes reported by its llama.cpp at load): NVML's figure
+    where NVML lists the PID with a known amount, else the runner's own report. Inside a container
+    NVML lists host PIDs, which never match the runners' PIDs there, so every runner falls back to
+    its report. None only when there is neither NVML nor any report of GPU memory."""
+    seen = _compute_processes(nvml)
+    if seen is None:
+        return dict(reported) if any(reported.values()) else None
+    return {pid: measured if (measured := seen.get(pid)) is not None else own
+            for pid, own in reported.items()}
 
 
 def cpu_cores() -> int:

@@ -37,7 +37,7 @@ import psutil
 from runner.client import RunnerProcess
 from runner.cpusafety import crash_signal, describe_crash
 from runner.estimate import Estimate, shape_from_gguf
-from runner.inventory import Inventory, cpu_cores, gpu_memory_by_pid, read_inventory
+from runner.inventory import Inventory, cpu_cores, read_inventory, runner_gpu_memory
 from runner.placement import (
     REPLICA_SETTLE,
     ModelPlan,
@@ -518,9 +518,11 @@ class RunnerPool:
         return sorted(groups, key=lambda g: max(e.expires_at for e in g), reverse=True)
 
     async def measured_vram(self) -> dict[int, int] | None:
-        """GPU memory each runner process really holds (by pid), or None without NVML."""
-        pids = {e.runner.pid for e in self.entries() if e.runner.pid}
-        return await asyncio.to_thread(gpu_memory_by_pid, pids)
+        """GPU memory each runner process holds (by pid): NVML's figure, or what the runner's
+        llama.cpp allocated where NVML cannot see the PID (containers); None without either."""
+        reported = {e.runner.pid: sum(e.ready.device_bytes.values())
+                    for e in self.entries() if e.runner.pid and e.runner.ready is not None}
+        return await asyncio.to_thread(runner_gpu_memory, reported)
 
     async def close(self) -> None:
         if self._health_task is not None:

@@ -17,6 +17,7 @@ import sys
 
 import zmq
 
+from runner import devicemem
 from runner.engine import Engine, LoadError
 from runner.intake import Intake
 from shared import protocol as p
@@ -125,7 +126,8 @@ class Worker:
 
     def load(self, message: p.Load) -> None:
         try:
-            engine = Engine(message)
+            with devicemem.capture() as buffers:  # llama.cpp's per-device allocations
+                engine = Engine(message)
         except (LoadError, OSError, ValueError) as exc:
             self.send(p.Error(0, str(exc)))
             self.running = False
@@ -136,6 +138,7 @@ class Worker:
             pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
             parallel=engine.parallel, model_bytes=engine.model_bytes, kv_bytes=engine.kv_bytes(),
             device=engine.device, cpu_config=engine.cpu_config,
+            device_bytes=buffers.device_bytes(),
         ))
 
     def close(self) -> None:

@@ -119,6 +119,8 @@ class Ready:
     kv_bytes: int  # bytes of KV cache (estimated from the model shape)
     device: str  # "cpu" or e.g. "gpu:0"
     cpu_config: str = "optimized"  # or "safe (...)": why the extra CPU buffer types are off
+    # Bytes llama.cpp allocated per GPU device ("CUDA0": n), from its load log; {} on the CPU.
+    device_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
