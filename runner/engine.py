@@ -38,6 +38,7 @@ _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream
 MIN_COPY_TOKENS = 32  # a shared prefix worth copying another slot's cache for
+SEEDED_CHUNK = 64  # a seeded prompt is read in chunks aligned to this many positions
 
 
 class LoadError(Exception):
@@ -65,6 +66,7 @@ class Sequence:
     started_ns: int = 0
     first_token_ns: int = 0
     logprobs: int = -1  # -1: none; else how many alternatives to report per token
+    seeded: bool = False  # samples with a seed: its prompt is read in the seeded layout
     # Logprob entries of tokens whose text the stream still holds back: they go out with the
     # next chunk.
     pending_logprobs: list[dict[str, Any]] = field(default_factory=list)
@@ -76,6 +78,30 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this seq id
     sequence: Sequence | None = None
     last_used: int = 0
+    # Positions from 0 that were read in the seeded layout (see `seeded_keep`).
+    canonical: int = 0
+
+
+def seeded_keep(common: int, canonical: int, n_prompt: int) -> int:
+    """How much of a slot's cache a seeded prompt may reuse.
+
+    llama.cpp's CPU kernels round a row differently with the number of rows in its batch (groups
+    of 4 or 8 rows, and batches of 64 or more, take other kernels), so a seed reproduces its text
+    only if its prompt is read in the same batches every time. A seeded prompt is read alone, in
+    chunks that end at multiples of SEEDED_CHUNK positions, its last token in a batch of its own.
+    Its cache is reused only as far as it was read that way: whole chunks, or everything but the
+    last token when the cache holds the same prompt read so."""
+    if canonical == n_prompt - 1 and common >= n_prompt - 1:
+        return n_prompt - 1
+    return min(common, canonical) // SEEDED_CHUNK * SEEDED_CHUNK
+
+
+def seeded_chunk(n_past: int, n_pending: int) -> int:
+    """The next chunk of a seeded prompt: up to the next aligned position, the last token
+    alone."""
+    if n_pending <= 1:
+        return n_pending
+    return min(SEEDED_CHUNK - n_past % SEEDED_CHUNK, n_pending - 1)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -174,6 +200,7 @@ class Engine:
         self.queue: deque[Sequence] = deque()
         self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
         self._embedder: Embedder | None = None
+        self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
         self._warm_up(load.safe_cpu)
 
     def _warm_up(self, safe: bool) -> None:
@@ -347,6 +374,7 @@ class Engine:
             grammar=request.grammar or grammar_for(request.format), shift=request.shift,
             num_predict=num_predict,
             logprobs=min(request.logprobs, p.MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
+            seeded=int(options.get("seed", -1)) >= 0 and float(options.get("temperature", 0.8)) > 0,
         )
 
     def cancel(self, request_id: int) -> bool:
@@ -389,6 +417,8 @@ class Engine:
             slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
             self._copy_prefix(slot, seq.prompt)
             keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+            if seq.seeded:
+                keep = seeded_keep(keep, slot.canonical, len(seq.prompt))
             if not llama_cpp.llama_memory_seq_rm(self.memory, slot.index, keep, -1):
                 # Some caches (recurrent ones) cannot drop a tail: start this slot over.
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
@@ -400,6 +430,7 @@ class Engine:
                 failed.append(p.Error(seq.request_id, exc.message, exc.status))
                 continue
             slot.tokens = seq.prompt[:keep]
+            slot.canonical = min(slot.canonical, keep)
             slot.sequence = seq
             slot.last_used = next(self._clock)
             seq.slot = slot.index
@@ -442,6 +473,7 @@ class Engine:
         llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, donor.index, slot.index, -1, -1)
         slot.tokens = list(donor.tokens)
+        slot.canonical = donor.canonical
 
     def _release(self, slot: Slot) -> None:
         seq = slot.sequence
@@ -454,6 +486,7 @@ class Engine:
     def _add(self, slot: Slot, tokens: list[int], want_logits: bool, n: int) -> int:
         batch, seq = self.batch, slot.sequence
         assert seq is not None
+        self._batch_starts.setdefault(slot.index, seq.n_past)
         for j, token in enumerate(tokens):
             batch.token[n + j] = token
             batch.pos[n + j] = seq.n_past + j
@@ -470,6 +503,7 @@ class Engine:
     def step(self) -> list[p.Message]:
         """Decode one batch for every active sequence; return the messages to send."""
         out = self._admit()
+        self._batch_starts = {}
         wants: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
         n = 0
         decoding = [s for s in self.slots if s.sequence and not s.sequence.pending]
@@ -487,13 +521,16 @@ class Engine:
             assert seq is not None
             if budget <= 0:
                 break
-            chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
+            take = min(budget, seeded_chunk(seq.n_past, len(seq.pending))) if seq.seeded \
+                else budget
+            chunk, seq.pending = seq.pending[:take], seq.pending[take:]
             budget -= len(chunk)
             n = self._add(slot, chunk, not seq.pending, n)
             if not seq.pending:
                 wants.append((seq, n - 1))
         if n == 0:
             return out
+        self._track_seeded_layout()
         self.batch.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
         if rc != 0:
@@ -503,6 +540,20 @@ class Engine:
             token = seq.sampler.sample(self.ctx, index)
             out.extend(self._on_token(seq, token, index))
         return out
+
+    def _track_seeded_layout(self) -> None:
+        """Keep each slot's `canonical` mark: a seeded prompt chunk decoded alone and aligned
+        extends it; any other row at a position before the mark cuts it back there."""
+        alone = len(self._batch_starts) == 1
+        for index, start in self._batch_starts.items():
+            slot = self.slots[index]
+            seq = slot.sequence
+            if (alone and seq is not None and seq.seeded and seq.pending
+                    and slot.canonical == start
+                    and (seq.n_past % SEEDED_CHUNK == 0 or len(seq.pending) == 1)):
+                slot.canonical = seq.n_past
+            else:
+                slot.canonical = min(slot.canonical, start)
 
     def _on_token(self, seq: Sequence, token: int, index: int) -> Iterator[p.Message]:
         now = time.perf_counter_ns()
@@ -562,6 +613,7 @@ class Engine:
         llama_cpp.llama_memory_seq_rm(self.memory, slot.index, num_keep, num_keep + discard)
         llama_cpp.llama_memory_seq_add(self.memory, slot.index, num_keep + discard, -1, -discard)
         del slot.tokens[num_keep:num_keep + discard]
+        slot.canonical = min(slot.canonical, num_keep)
         seq.n_past -= discard
         return True
 
@@ -590,6 +642,7 @@ class Engine:
                 out.append(p.Error(slot.sequence.request_id, message))
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
                 slot.tokens = []
+                slot.canonical = 0
                 self._release(slot)
         return out
 

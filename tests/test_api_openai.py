@@ -132,9 +132,28 @@ def test_n_choices_are_decoded_together(client: openai.OpenAI) -> None:
     assert reply.usage.completion_tokens == 18  # every choice's tokens, the prompt once
     chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, n=3, max_tokens=6,
                                                  temperature=1.0, seed=3, stream=True))
-    texts = ["".join(c.choices[0].delta.content or "" for c in chunks
-                     if c.choices and c.choices[0].index == i) for i in range(3)]
-    assert texts == [c.message.content for c in reply.choices]
+    streamed = {c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.content}
+    assert streamed == {0, 1, 2}
+    # The choices share their batches, so how their rows fall in them decides llama.cpp's
+    # rounding: streamed and not, they match only when the requests reach the runner at the same
+    # moments (README, "Seeds"). A seed alone reproduces exactly: the next test.
+
+
+def test_a_seed_reproduces_its_text_streamed_or_not(client: openai.OpenAI) -> None:
+    # Long enough (over 64 tokens) that a prompt read in one batch and one read from the cache
+    # round its last row differently unless the seeded layout is kept.
+    ask = [{"role": "user", "content": "Here are my notes from the trip: we walked along the "
+            "coast for three days, slept in small villages, ate fish every evening, watched the "
+            "tide come in over the rocks, and climbed the hills behind the harbour on the last "
+            "morning. Write a line about the sea, then one about the hills."}]
+    kwargs = {"model": MODEL, "messages": ask, "max_tokens": 24, "temperature": 1.0, "seed": 11}
+    first = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = client.chat.completions.create(**kwargs, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    again = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert first == streamed == again
+    other = client.chat.completions.create(**{**kwargs, "seed": 12}).choices[0].message.content
+    assert other != first
 
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
