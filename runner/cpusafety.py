@@ -41,7 +41,7 @@ def build_has_amx(system_info: str) -> bool:
 def cpu_config(safe_requested: bool, system_info: str) -> tuple[bool, str]:
     """(use the extra buffer types?, how /api/ps describes the choice)."""
     if safe_requested:
-        return False, "safe (retried after a crash while loading)"
+        return False, "safe (requested: after a crash while loading, or CORRAL_SAFE_CPU)"
     if build_has_amx(system_info):
         return False, "safe (this llama.cpp build has AMX, whose path crashes)"
     return True, "optimized"

@@ -397,7 +397,7 @@ class RunnerPool:
             await self._rebalance_threads(extra=1)  # make room before it starts decoding
         effective = dataclasses.replace(
             load, parallel=parallel, num_gpu=on_gpu, main_gpu=placement.main_gpu,
-            num_thread=load.num_thread or threads,
+            num_thread=load.num_thread or threads, safe_cpu=load.safe_cpu or self.settings.safe_cpu,
             tensor_split=list(placement.tensor_split) if placement.tensor_split and on_gpu
             else None)
         log.info("loading %s: %s, %d slot(s) of %d tokens, estimated %.0f MiB%s", name,

@@ -189,6 +189,7 @@ class Settings:
     serve_registry: bool = False  # CORRAL_SERVE_REGISTRY: answer the OCI read side on /v2/
     gpus_file: Path | None = None  # CORRAL_GPUS: a JSON description of simulated GPUs
     max_replicas: int = 2  # CORRAL_MAX_REPLICAS: runners of one hot model (GPUs only; 1 = off)
+    safe_cpu: bool = False  # CORRAL_SAFE_CPU: load without llama.cpp's extra CPU buffer types
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -259,6 +260,8 @@ class Settings:
             kwargs["gpus_file"] = path
         if raw := get("CORRAL_MAX_REPLICAS"):
             kwargs["max_replicas"] = _parse_int("CORRAL_MAX_REPLICAS", raw, minimum=1)
+        if raw := get("CORRAL_SAFE_CPU"):
+            kwargs["safe_cpu"] = _parse_bool("CORRAL_SAFE_CPU", raw)
         if raw := get("CORRAL_SERVE_REGISTRY"):
             kwargs["serve_registry"] = _parse_bool("CORRAL_SERVE_REGISTRY", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.

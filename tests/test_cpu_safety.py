@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from runner.cpusafety import build_has_amx, cpu_config, crash_signal, describe_crash
+from shared.config import Settings
 from tests.conftest import LiveServer, start_server
 
 MODEL = "gemma3:270m"
@@ -91,3 +92,21 @@ def test_sigkill_while_loading_is_not_retried(crash_server: LiveServer) -> None:
     assert reply.status_code == 500
     assert "killed by SIGKILL" in reply.json()["error"]
     assert "retrying once" not in crash_server.log.read_text()
+
+
+def test_corral_safe_cpu_is_read_from_the_environment() -> None:
+    assert Settings.from_env({"CORRAL_SAFE_CPU": "1"}).safe_cpu
+    assert not Settings.from_env({}).safe_cpu
+
+
+@pytest.mark.e2e
+def test_an_operator_can_ask_for_the_safe_configuration(models_dir: Path, tmp_path: Path) -> None:
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_SAFE_CPU="1")
+    try:
+        reply = httpx.post(server.url + "/api/generate", timeout=180, json={"model": MODEL})
+        assert reply.status_code == 200
+        [entry] = httpx.get(server.url + "/api/ps").json()["models"]
+        assert entry["corral"]["cpu_config"].startswith("safe (requested")
+        assert "retrying" not in server.log.read_text()
+    finally:
+        server.stop()

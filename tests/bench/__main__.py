@@ -1,9 +1,11 @@
 """Single-stream decode speed: llama-cpp-python in-process vs. corral's engine vs. the server.
 
-    .venv/bin/python -m tests.bench [--runs 3] [--tokens 128]
+    .venv/bin/python -m tests.bench [--runs 3] [--tokens 128] [--safe-cpu]
 
 Same model (the bundled Gemma 3 270M), same ~250-token prompt, greedy, same thread count.
-In-process llama-cpp-python is the floor our overhead is measured from.
+In-process llama-cpp-python is the floor our overhead is measured from. `--safe-cpu` runs every
+contender without llama.cpp's extra CPU buffer types (no AMX, no repacked weights: corral's
+CORRAL_SAFE_CPU, and what a runner falls back to after a crash while loading).
 """
 
 from __future__ import annotations
@@ -46,12 +48,24 @@ def measure(stream: Iterator[float]) -> tuple[float, float, int]:
     return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
 
 
-def llama_cpp_in_process(model_path: str, tokens: int) -> Callable[[], Iterator[float]]:
+def llama_cpp_in_process(model_path: str, tokens: int, safe_cpu: bool = False
+                         ) -> Callable[[], Iterator[float]]:
     import os
 
+    import llama_cpp
     from llama_cpp import Llama
 
-    llm = Llama(model_path, n_ctx=4096, n_threads=os.cpu_count(), n_batch=512, verbose=False)
+    defaults = llama_cpp.llama_model_default_params
+    if safe_cpu:  # Llama() takes no use_extra_bufts argument: change the defaults it starts from
+        def safe_defaults() -> llama_cpp.llama_model_params:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+        llama_cpp.llama_model_default_params = safe_defaults
+    try:
+        llm = Llama(model_path, n_ctx=4096, n_threads=os.cpu_count(), n_batch=512, verbose=False)
+    finally:
+        llama_cpp.llama_model_default_params = defaults
 
     def run() -> Iterator[float]:
         for _ in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
@@ -59,11 +73,12 @@ def llama_cpp_in_process(model_path: str, tokens: int) -> Callable[[], Iterator[
     return run
 
 
-def corral_engine(model_path: str, tokens: int) -> Callable[[], Iterator[float]]:
+def corral_engine(model_path: str, tokens: int, safe_cpu: bool = False
+                  ) -> Callable[[], Iterator[float]]:
     from runner.engine import Engine
     from shared import protocol as p
 
-    engine = Engine(p.Load(model_path, num_ctx=4096))
+    engine = Engine(p.Load(model_path, num_ctx=4096, safe_cpu=safe_cpu))
     ids = iter(range(1, 10**9))
 
     def run() -> Iterator[float]:
@@ -108,6 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--safe-cpu", action="store_true",
+                        help="no extra CPU buffer types (AMX, repacked weights) anywhere")
     args = parser.parse_args()
     console = Console()
 
@@ -116,18 +133,20 @@ def main() -> None:
         store = Store(models)
         import_bundled_model(store)
         model_path = str(store.get("gemma3:270m").model_path)
-        server = start_server(models, Path(tmp) / "serve.log")
+        server = start_server(models, Path(tmp) / "serve.log",
+                              CORRAL_SAFE_CPU="1" if args.safe_cpu else "0")
         try:
             httpx.post(server.url + "/api/generate", json={"model": "gemma3:270m"}, timeout=120)
-            floor = llama_cpp_in_process(model_path, args.tokens)
+            floor = llama_cpp_in_process(model_path, args.tokens, args.safe_cpu)
             contenders = {
                 "llama-cpp-python in-process (floor)": floor,
-                "corral engine in-process": corral_engine(model_path, args.tokens),
+                "corral engine in-process": corral_engine(model_path, args.tokens, args.safe_cpu),
                 "corral server, /api/generate stream": corral_server(server.url, args.tokens),
                 "corral server, /v1/completions stream": corral_openai(server.url, args.tokens),
             }
+            config = "safe CPU configuration" if args.safe_cpu else "optimized CPU configuration"
             table = Table(title=f"Gemma 3 270M Q4_K_M, ~250-token prompt, {args.tokens} new "
-                                f"tokens, greedy, median of {args.runs}")
+                                f"tokens, greedy, median of {args.runs}, {config}")
             for column in ("path", "first token (ms)", "decode tok/s", "tokens"):
                 table.add_column(column, justify="right" if column != "path" else "left")
             for name, run in contenders.items():
