@@ -7,19 +7,31 @@ nothing in this module knows about either wire format.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.options import check_options, load_request, merge_options, sampling_options
+from gateway.thinking import (
+    Markers,
+    ThinkingParser,
+    ThinkValue,
+    is_on,
+    jinja_variables,
+    opens_thinking,
+    resolve_think,
+    thinking_markers,
+)
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from registry import gotemplate
 from registry.store import LocalModel, Store
 from runner.pool import LoadedRunner, RunnerPool
+from runner.prompt import render_jinja
 from shared import protocol as p
 from shared.config import Settings, keep_alive_seconds
 from shared.errors import BadRequest, CorralError
@@ -73,6 +85,8 @@ def check_messages(raw: Any) -> list[Message]:
         content = item.get("content")
         if content is not None and not isinstance(content, str):
             raise BadRequest("message content must be a string")
+        if item.get("thinking") is not None and not isinstance(item["thinking"], str):
+            raise BadRequest("message thinking must be a string")
         if item.get("images"):
             raise BadRequest("this model does not support images")
         message = {**item, "role": role.lower(), "content": content or ""}
@@ -102,7 +116,15 @@ class ToolCalls:
     calls: list[Message]
 
 
-Event = p.Chunk | ToolCalls | p.Done
+@dataclass
+class Thinking:
+    """Thinking split from the model's text (an event of a Generation of a thinking model)."""
+
+    text: str
+    logprobs: list[dict[str, Any]] | None = None
+
+
+Event = p.Chunk | Thinking | ToolCalls | p.Done
 
 
 @dataclass
@@ -113,30 +135,38 @@ class Collected:
     done: p.Done
     tool_calls: list[Message] = field(default_factory=list)
     logprobs: list[dict[str, Any]] | None = None
+    thinking: str = ""
 
 
 class Generation:
     """A started generation: its first message has arrived, so a failure before any output
     (unknown model, load error, prompt too long) raises before the HTTP status is sent.
 
-    With a `CallParser`, the model's text is split into content chunks and `ToolCalls` events.
+    With a `ThinkingParser`, the model's thinking comes out as `Thinking` events; with a
+    `CallParser`, the rest is split into content chunks and `ToolCalls` events. With `count`
+    (a tokenizer's length), `thinking_tokens` is the thinking's token count once Done is out.
     """
 
     def __init__(self, first: p.Chunk | p.Done, rest: AsyncIterator[p.Chunk | p.Done],
-                 parser: CallParser | None = None) -> None:
+                 parser: CallParser | None = None, thinker: ThinkingParser | None = None,
+                 count: Callable[[str], Awaitable[int]] | None = None) -> None:
         self._first: p.Chunk | p.Done | None = first
         self._rest = rest
         self._parser = parser
+        self._thinker = thinker
+        self._count = count
+        self.thinking_tokens = 0
 
     @classmethod
     async def start(cls, stream: AsyncIterator[p.Chunk | p.Done],
-                    parser: CallParser | None = None) -> Generation:
+                    parser: CallParser | None = None, thinker: ThinkingParser | None = None,
+                    count: Callable[[str], Awaitable[int]] | None = None) -> Generation:
         try:
             first = await anext(stream)
         except BaseException:
             await stream.aclose()
             raise
-        return cls(first, stream, parser)
+        return cls(first, stream, parser, thinker, count)
 
     async def _messages(self) -> AsyncIterator[p.Chunk | p.Done]:
         if self._first is not None:
@@ -146,24 +176,38 @@ class Generation:
             yield message
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        parser = self._parser
-        if parser is None:
+        parser, thinker = self._parser, self._thinker
+        if parser is None and thinker is None:
             async for message in self._messages():
                 yield message
             return
-        held: list[dict[str, Any]] = []  # logprobs of text the parser holds back
+        held: list[dict[str, Any]] = []  # logprobs of text the parsers hold back
+        thought: list[str] = []
         async for message in self._messages():
-            if isinstance(message, p.Chunk):
-                text, calls = parser.feed(message.text)
-                held.extend(message.logprobs or ())
+            final = isinstance(message, p.Done)
+            if final:
+                thinking, text = thinker.finish() if thinker else ("", "")
             else:
-                text, calls = parser.finish()
+                held.extend(message.logprobs or ())
+                thinking, text = thinker.feed(message.text) if thinker else ("", message.text)
+            calls: list[Message] = []
+            if parser is not None:
+                text, calls = parser.feed(text)
+                if final:
+                    rest, late = parser.finish()
+                    text, calls = text + rest, calls + late
+            if thinking:
+                thought.append(thinking)
+                yield Thinking(thinking, held or None)
+                held = []
             if text:
                 yield p.Chunk(0, text, held or None)
                 held = []
             if calls:
                 yield ToolCalls(calls)
-            if isinstance(message, p.Done):
+            if final:
+                if thought and self._count is not None:
+                    self.thinking_tokens = await self._count("".join(thought))
                 yield message
 
     async def aclose(self) -> None:
@@ -171,17 +215,18 @@ class Generation:
         await self._rest.aclose()
 
     async def collect(self) -> Collected:
-        """All the text, calls and logprobs, and the final message."""
+        """All the text, thinking, calls and logprobs, and the final message."""
         parts: list[str] = []
+        thought: list[str] = []
         calls: list[Message] = []
         logprobs: list[dict[str, Any]] = []
         async for event in self:
             if isinstance(event, p.Done):
-                return Collected("".join(parts), event, calls, logprobs)
+                return Collected("".join(parts), event, calls, logprobs, "".join(thought))
             if isinstance(event, ToolCalls):
                 calls.extend(event.calls)
             else:
-                parts.append(event.text)
+                (thought if isinstance(event, Thinking) else parts).append(event.text)
                 logprobs.extend(event.logprobs or ())
         raise CorralError("the runner ended the stream without a final message")
 
@@ -210,6 +255,25 @@ class ToolUse:
         return CallParser(self.format, self.tools)
 
 
+@dataclass
+class ThinkUse:
+    """A request's think value (as the template sees it) and the model's thinking markers."""
+
+    value: ThinkValue
+    markers: Markers | None
+
+    def constrained(self) -> ThinkUse:
+        """For output a grammar constrains (`format`, a forced call), which leaves no room for a
+        thinking block: thinking is switched off in the template (Qwen3's and DeepSeek's then
+        close the block in the prompt) and the reply is all content."""
+        return ThinkUse(False, self.markers) if is_on(self.value) else self
+
+    def parser(self, inside: bool) -> ThinkingParser | None:
+        if not is_on(self.value) or self.markers is None:
+            return None
+        return ThinkingParser(self.markers, inside=inside)
+
+
 class Inference:
     def __init__(self, settings: Settings, store: Store, pool: RunnerPool) -> None:
         self.settings = settings
@@ -235,8 +299,13 @@ class Inference:
         load.adapters = [str(path) for path in model.adapter_paths]  # ADAPTER layers (LoRA)
         return Job(model, options, load, parse_keep_alive(keep_alive))
 
+    def think_use(self, model: LocalModel, raw: Any, name: str) -> ThinkUse:
+        """`think` checked against the model (400s as Ollama's), with the model's markers."""
+        value = resolve_think(model, raw, name)
+        return ThinkUse(value, thinking_markers(model) if is_on(value) else None)
+
     def template_prompt(self, model: LocalModel, messages: list[Message],
-                        tools: list[Tool] | None = None) -> str | None:
+                        tools: list[Tool] | None = None, think: ThinkValue = None) -> str | None:
         """The prompt from the model's TEMPLATE layer (Go template), or None to let the runner
         render with the GGUF's chat template / family format (no template layer, or Ollama's
         `{{ .Prompt }}` placeholder). Templates are checked when a model is created; one that
@@ -246,7 +315,7 @@ class Inference:
             return None
         assert text is not None
         try:
-            return gotemplate.render_chat(text, messages, tools=tools)
+            return gotemplate.render_chat(text, messages, tools=tools, think=think)
         except gotemplate.TemplateError as exc:
             log.warning("%s: cannot use its TEMPLATE (%s); using the GGUF's chat format",
                         model.display(), exc)
@@ -282,24 +351,67 @@ class Inference:
                        messages: list[Message] | None = None, truncate: bool = True,
                        context: list[int] | None = None, format_: Any = None,
                        shift: bool = True, tools: ToolUse | None = None,
-                       logprobs: int = -1) -> Generation:
+                       logprobs: int = -1, think: ThinkUse | None = None,
+                       count_thinking: bool = False) -> Generation:
         """Start a generation. With `tools` the prompt offers them and the reply is parsed for
-        calls (and forced to be one when the tool choice says so)."""
+        calls (and forced to be one when the tool choice says so). With `think` the template
+        gets the think value and the reply's thinking is split from its content
+        (`count_thinking`: and its tokens counted)."""
         tool_list = tools.tools if tools else None
+        grammar = tools.grammar if tools else None
+        if think is not None and (format_ or grammar):
+            think = think.constrained()
+        value = think.value if think else None
+        template_vars = None
         if prompt is None and messages is not None:
-            rendered = self.template_prompt(job.model, messages, tool_list)
+            rendered = self.template_prompt(job.model, messages, tool_list, value)
             if rendered is not None:  # the stop strings come from the model's params
                 if truncate:
-                    rendered = await self._fit(job, messages, tool_list, rendered)
+                    rendered = await self._fit(job, messages, tool_list, rendered, value)
                 prompt, messages = rendered, None
+            else:  # the runner renders the GGUF's Jinja template
+                template_vars = jinja_variables(value) or None
+        thinker = None
+        if think is not None and think.markers is not None:
+            if prompt is not None:
+                inside = opens_thinking(prompt, think.markers)
+            else:
+                inside = self._jinja_opens_thinking(job.model, messages or [], tool_list,
+                                                    template_vars, think.markers)
+            thinker = think.parser(inside)
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
-                             grammar=tools.grammar if tools else None, logprobs=logprobs)
+                             grammar=grammar, logprobs=logprobs, template_vars=template_vars)
         parser = tools.parser() if tools else None
-        return await Generation.start(self._stream(job, request), parser)
+        count = None
+        if count_thinking and thinker is not None:
+            count = functools.partial(self.count_tokens, job)
+        return await Generation.start(self._stream(job, request), parser, thinker, count)
+
+    @staticmethod
+    def _jinja_opens_thinking(model: LocalModel, messages: list[Message],
+                              tools: list[Tool] | None, variables: dict[str, Any] | None,
+                              markers: Markers) -> bool:
+        """Whether the GGUF's Jinja template ends the prompt inside a thinking block. The runner
+        renders the prompt; the gateway renders it too, only to look at its end."""
+        info = model.gguf
+        if info is None or not info.chat_template:
+            return False
+        try:
+            rendered = render_jinja(info.chat_template, messages, bos_token="", eos_token="",
+                                    tools=tools, variables=variables)
+        except CorralError:  # the runner will report the template's error
+            return False
+        return opens_thinking(rendered.text, markers)
+
+    async def count_tokens(self, job: Job, text: str) -> int:
+        """Tokens of `text` in the model's vocabulary (no BOS). Called while a generation holds
+        the runner, so the lease never waits for a load."""
+        async with self.lease(job) as entry:
+            return len(await entry.runner.tokenize(text, add_special=False))
 
     async def _fit(self, job: Job, messages: list[Message], tools: list[Tool] | None,
-                   rendered: str) -> str:
+                   rendered: str, think: ThinkValue = None) -> str:
         """A chat rendered by the gateway's Go template, cut to the context as Ollama cuts it:
         the oldest messages go first, system messages and the newest message stay. (The runner
         does this itself for chats it renders.)"""
@@ -313,7 +425,7 @@ class Inference:
                 if not droppable:
                     break  # still too long: the runner keeps its start and end
                 del kept[droppable[0]]
-                rendered = self.template_prompt(job.model, kept, tools) or rendered
+                rendered = self.template_prompt(job.model, kept, tools, think) or rendered
             return rendered
 
     def tool_use(self, model: LocalModel, tools: list[Tool], choice: str | None, *,

@@ -266,7 +266,7 @@ class CallParser:
                 content.append(text[:at])
                 self._buffer, self._in_calls = text[at + len(opening):], True
                 return True
-            keep = 0 if final else _partial_suffix(text, opening)
+            keep = 0 if final else partial_suffix(text, opening)
             content.append(text[:len(text) - keep])
             self._buffer = text[len(text) - keep:]
             return False
@@ -348,7 +348,7 @@ class CallParser:
         return call
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper start of `tag`."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-n:]):

@@ -1180,16 +1180,25 @@ def _collate(messages: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
     return "\n\n".join(system), out
 
 
+def think_level(think: bool | str | None) -> str:
+    """`.ThinkLevel`: a level as given, Ollama's "medium" for a plain true, "" when off."""
+    if isinstance(think, str):
+        return think
+    return "medium" if think else ""
+
+
 def render_chat(template: str | Template, messages: Sequence[dict[str, Any]], *,
-                tools: Sequence[dict[str, Any]] | None = None, think: bool | None = None,
+                tools: Sequence[dict[str, Any]] | None = None, think: bool | str | None = None,
                 prompt: str | None = None, suffix: str | None = None) -> str:
     """The prompt Ollama would build from `messages` with this template.
 
-    With `suffix` (fill-in-the-middle) the template runs once on Prompt and Suffix.
+    With `suffix` (fill-in-the-middle) the template runs once on Prompt and Suffix. `think` is
+    the request's: a boolean or a level ("low", "medium", "high", "max").
     """
     tpl = parse(template) if isinstance(template, str) else template
     tool_values = GoJSONList(_tool(t) for t in (tools or []))
-    think_fields = {"Think": bool(think), "IsThinkSet": think is not None}
+    think_fields = {"Think": bool(think), "IsThinkSet": think is not None,
+                    "ThinkLevel": think_level(think)}
     if suffix is not None:
         return tpl.execute(_values(Prompt=prompt or "", Suffix=suffix, **think_fields))
     if tpl.uses_messages:

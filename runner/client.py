@@ -189,9 +189,9 @@ class RunnerProcess:
         assert isinstance(reply, p.Embeddings)
         return reply
 
-    async def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         rid, queue = self._open()
-        reply = await self._call(p.Tokenize(rid, text), queue, rid)
+        reply = await self._call(p.Tokenize(rid, text, add_special), queue, rid)
         assert isinstance(reply, p.Tokens)
         return reply.tokens
 

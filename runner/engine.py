@@ -299,11 +299,12 @@ class Engine:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    def _render(self, messages: list[dict[str, Any]], request: p.Generate
                 ) -> tuple[list[int], tuple[str, ...]]:
         rendered = render_messages(messages, chat_template=self.chat_template,
                                    family=self.architecture, bos_token=self.bos_text,
-                                   eos_token=self.eos_text, tools=tools)
+                                   eos_token=self.eos_text, tools=request.tools,
+                                   variables=request.template_vars)
         return self.tokenize(rendered.text), rendered.stops
 
     def prompt_tokens(self, request: p.Generate) -> tuple[list[int], tuple[str, ...]]:
@@ -312,7 +313,7 @@ class Engine:
         stops: tuple[str, ...] = ()
         if request.messages is not None:
             messages = list(request.messages)
-            tokens, stops = self._render(messages, request.tools)
+            tokens, stops = self._render(messages, request)
             # Like Ollama: drop the oldest non-system messages until the prompt fits; system
             # messages and the newest message always stay.
             while len(tokens) > limit and request.truncate:
@@ -320,7 +321,7 @@ class Engine:
                 if not droppable:
                     break
                 del messages[droppable[0]]
-                tokens, stops = self._render(messages, request.tools)
+                tokens, stops = self._render(messages, request)
         else:
             tokens = self.tokenize(request.prompt or "")
         if request.context:

@@ -103,14 +103,25 @@ def _compile(template: str):  # noqa: ANN202 - jinja2.Template
     return env.from_string(template)
 
 
+def _jinja_message(message: Message) -> Message:
+    """Earlier thinking under both names Jinja templates read: `reasoning_content` (Qwen3,
+    DeepSeek) and `thinking` (gpt-oss)."""
+    thinking = message.get("thinking")
+    if thinking and "reasoning_content" not in message:
+        return {**message, "reasoning_content": thinking}
+    return message
+
+
 def render_jinja(
     template: str, messages: Sequence[Message], *, bos_token: str, eos_token: str,
-    tools: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None, variables: dict[str, Any] | None = None,
 ) -> RenderedPrompt:
+    """`variables` are extra template inputs (llama.cpp's `chat_template_kwargs`), such as
+    `enable_thinking` and `reasoning_effort`."""
     try:
         text = _compile(template).render(
-            messages=list(messages), tools=tools, bos_token=bos_token, eos_token=eos_token,
-            add_generation_prompt=True,
+            **(variables or {}), messages=[_jinja_message(m) for m in messages], tools=tools,
+            bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True,
         )
     except TemplateError as exc:
         raise BadRequest(f"template error: {exc}") from None
@@ -124,10 +135,11 @@ def render_jinja(
 def render_messages(
     messages: Sequence[Message], *, chat_template: str | None, family: str,
     bos_token: str = "", eos_token: str = "", tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> RenderedPrompt:
     if chat_template:
         return render_jinja(chat_template, messages, bos_token=bos_token, eos_token=eos_token,
-                            tools=tools)
+                            tools=tools, variables=variables)
     if family in GEMMA_FAMILIES:
         return render_gemma(messages)
     return render_chatml(messages)

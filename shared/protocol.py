@@ -58,6 +58,9 @@ class Generate:
     tools: list[dict[str, Any]] | None = None  # function tools, for the GGUF's Jinja template
     grammar: str | None = None  # GBNF that wins over `format` (forced tool calls)
     logprobs: int = -1  # -1: none; k >= 0: each token's logprob and its k most likely rivals
+    # Extra inputs of the GGUF's Jinja template (llama.cpp's chat_template_kwargs), such as
+    # enable_thinking and reasoning_effort.
+    template_vars: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -205,12 +205,12 @@ def test_ps_lists_model_after_run_and_stop_unloads_it(corral_server: Any) -> Non
 class PtySession:
     """`corral run MODEL` on a pseudo-terminal, so it takes the interactive path."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], model: str = MODEL) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         self.fd = master
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", MODEL],
+            [sys.executable, "-m", "gateway.cli", "run", model],
             stdin=slave,
             stdout=slave,
             stderr=slave,

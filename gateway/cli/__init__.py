@@ -115,6 +115,18 @@ def _client_command(args: argparse.Namespace) -> Callable[[Client], int]:
     return lambda client: handler(args, client)
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse as Ollama's CLI does: a bare `--think` takes no value (`--think=high` does), and
+    prompt words may come after flags (`corral run MODEL --verbose why?`)."""
+    argv = ["--think=true" if arg == "--think" else arg for arg in argv]
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run" and extra and not any(arg.startswith("-") for arg in extra):
+        args.prompt = [*args.prompt, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["verify"]:  # its own parser: usage errors exit 2, as fsck's do
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_verify(argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as exc:  # --help (0) or a usage error (1)
         return exc.code if isinstance(exc.code, int) else 1
 

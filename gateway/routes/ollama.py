@@ -21,6 +21,7 @@ from gateway.inference import (
     Generation,
     Inference,
     Job,
+    Thinking,
     ToolCalls,
     check_messages,
     vector,
@@ -63,11 +64,6 @@ def _format(data: dict[str, Any]) -> str | dict[str, Any] | None:
     return value
 
 
-def _check_think(model_name: str, capabilities: list[str], think: Any) -> None:
-    if think not in (None, False) and "thinking" not in capabilities:
-        raise BadRequest(f'"{model_name}" does not support thinking')
-
-
 def _logprobs(data: dict[str, Any]) -> int:
     """`logprobs` and `top_logprobs` as the runner's count: -1 none, else rivals per token."""
     top = field(data, "top_logprobs", int, 0)
@@ -76,7 +72,7 @@ def _logprobs(data: dict[str, Any]) -> int:
     return top if field(data, "logprobs", bool, False) else -1
 
 
-def _with_logprobs(line: str, chunk: p.Chunk) -> str:
+def _with_logprobs(line: str, chunk: p.Chunk | Thinking) -> str:
     """A chunk's NDJSON line with its logprobs (if any) spliced in before the closing brace."""
     if not chunk.logprobs:
         return line
@@ -90,10 +86,12 @@ async def _reply(
     chunk_line: Callable[[str], str],
     final: Callable[[Collected | None, p.Done], dict[str, Any]],
     calls_line: Callable[[list[dict[str, Any]]], str] | None = None,
+    thinking_line: Callable[[str], str] | None = None,
 ) -> Response:
     """Either an NDJSON stream (a line per chunk, then the final object) or one JSON object.
 
-    `chunk_line(text)` frames one delta, `calls_line(calls)` a chunk of tool calls;
+    `chunk_line(text)` frames one delta, `thinking_line(text)` one delta of thinking,
+    `calls_line(calls)` a chunk of tool calls;
     `final(collected, done)` builds the closing object, where collected is None when streaming
     (the deltas already went out).
     """
@@ -106,6 +104,9 @@ async def _reply(
             async for event in generation:
                 if isinstance(event, p.Chunk):
                     yield _with_logprobs(chunk_line(event.text), event)
+                elif isinstance(event, Thinking):
+                    if thinking_line is not None:
+                        yield _with_logprobs(thinking_line(event.text), event)
                 elif isinstance(event, ToolCalls):
                     if calls_line is not None:
                         yield calls_line(event.calls)
@@ -136,7 +137,7 @@ async def generate(request: Request) -> Response:
         raise BadRequest("raw mode does not support suffix")
     if data.get("images"):
         raise BadRequest(f'"{name}" does not support images')
-    _check_think(name, model.capabilities, data.get("think"))
+    think = inference.think_use(model, data.get("think"), name)
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
 
@@ -152,13 +153,14 @@ async def generate(request: Request) -> Response:
         work = inference.generate(job, prompt=inference.fill_in_middle(model, prompt, suffix),
                                   **limits)
     elif raw:
-        work = inference.generate(job, prompt=prompt, **limits)
+        work = inference.generate(job, prompt=prompt, think=think, **limits)
     else:
         messages = [{"role": "user", "content": prompt}]
         sys_text = system if system is not None else model.system
         if sys_text:
             messages.insert(0, {"role": "system", "content": sys_text})
-        work = inference.generate(job, messages=messages, context=context, **limits)
+        work = inference.generate(job, messages=messages, context=context, think=think,
+                                  **limits)
     generation = await unless_disconnected(request, work)
 
     head = '{"model":' + dumps(name) + ',"created_at":"'
@@ -166,10 +168,16 @@ async def generate(request: Request) -> Response:
     def chunk_line(text: str) -> str:
         return head + created() + '","response":' + dumps(text) + ',"done":false}\n'
 
+    def thinking_line(text: str) -> str:
+        return (head + created() + '","response":"","thinking":' + dumps(text)
+                + ',"done":false}\n')
+
     def final(whole: Collected | None, done: p.Done) -> dict[str, Any]:
         body: dict[str, Any] = {"model": name, "created_at": created(),
                                 "response": whole.text if whole else "",
                                 "done": True, **_final_metrics(job, done)}
+        if whole and whole.thinking:
+            body["thinking"] = whole.thinking
         if not raw:
             body["context"] = done.context
         if whole and whole.logprobs:
@@ -177,7 +185,7 @@ async def generate(request: Request) -> Response:
         return body
 
     return await _reply(request, generation, field(data, "stream", bool, True), chunk_line,
-                        final)
+                        final, thinking_line=thinking_line)
 
 
 async def chat(request: Request) -> Response:
@@ -189,7 +197,7 @@ async def chat(request: Request) -> Response:
     tools = check_tools(data.get("tools"))
     # tool_choice is corral's extra here (Ollama has it only on its OpenAI endpoint).
     tool_use = inference.tool_use(model, tools, check_tool_choice(data.get("tool_choice"), tools))
-    _check_think(name, model.capabilities, data.get("think"))
+    think = inference.think_use(model, data.get("think"), name)
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
 
@@ -202,12 +210,16 @@ async def chat(request: Request) -> Response:
     generation = await unless_disconnected(request, inference.generate(
         job, messages=inference.chat_messages(model, messages), format_=_format(data),
         truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True),
-        tools=tool_use, logprobs=_logprobs(data)))
+        tools=tool_use, logprobs=_logprobs(data), think=think))
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
     def chunk_line(text: str) -> str:
         return (head + created() + '","message":{"role":"assistant","content":' + dumps(text)
                 + '},"done":false}\n')
+
+    def thinking_line(text: str) -> str:
+        return (head + created() + '","message":{"role":"assistant","content":"","thinking":'
+                + dumps(text) + '},"done":false}\n')
 
     def calls_line(calls: list[dict[str, Any]]) -> str:
         message = {"role": "assistant", "content": "", "tool_calls": calls}
@@ -216,6 +228,8 @@ async def chat(request: Request) -> Response:
 
     def final(whole: Collected | None, done: p.Done) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": whole.text if whole else ""}
+        if whole and whole.thinking:
+            message["thinking"] = whole.thinking
         if whole and whole.tool_calls:
             message["tool_calls"] = whole.tool_calls
         body = {"model": name, "created_at": created(), "message": message,
@@ -225,7 +239,7 @@ async def chat(request: Request) -> Response:
         return body
 
     return await _reply(request, generation, field(data, "stream", bool, True), chunk_line,
-                        final, calls_line)
+                        final, calls_line, thinking_line)
 
 
 # --- embeddings ------------------------------------------------------------------------------

@@ -21,7 +21,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.http import dumps, field, json_response, read_json, unless_disconnected
-from gateway.inference import Event, Generation, Inference, Job, ToolCalls, check_messages, vector
+from gateway.inference import (
+    Event,
+    Generation,
+    Inference,
+    Job,
+    Thinking,
+    ToolCalls,
+    check_messages,
+    vector,
+)
 from gateway.options import OPTION_TYPES
 from gateway.tools import check_tool_choice, check_tools
 from registry.store import LocalModel
@@ -107,6 +116,27 @@ def _choices(data: dict[str, Any]) -> int:
     return n
 
 
+# reasoning_effort as Ollama maps it onto `think`.
+_EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low",
+                                   "medium": "medium", "high": "high", "max": "max",
+                                   "xhigh": "max", "ultra": "max"}
+
+
+def _think(data: dict[str, Any]) -> Any:
+    """`reasoning_effort` (or `reasoning.effort`) as a think value; Ollama's own `think` may
+    come as an extra body field."""
+    reasoning = data.get("reasoning")
+    effort = data.get("reasoning_effort")
+    if effort is None and isinstance(reasoning, dict):
+        effort = reasoning.get("effort")
+    if effort is None:
+        return data.get("think")
+    if not isinstance(effort, str) or effort not in _EFFORTS:
+        raise BadRequest(f"invalid reasoning value: {effort!r} (must be "
+                         + ", ".join(f'"{e}"' for e in _EFFORTS) + ")")
+    return _EFFORTS[effort]
+
+
 def _chat_logprobs(data: dict[str, Any]) -> int:
     top = field(data, "top_logprobs", int)
     if top is not None and not 0 <= top <= p.MAX_TOP_LOGPROBS:
@@ -175,6 +205,10 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             content = "".join(_part_text(part) for part in content)
         item: dict[str, Any] = {"role": "system" if role == "developer" else role,
                                 "content": content}
+        # Earlier thinking: DeepSeek's and vLLM's name, or Ollama's compatibility layer's.
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        if thinking:
+            item["thinking"] = thinking
         if message.get("tool_calls"):
             item["tool_calls"] = _native_calls(message["tool_calls"])
             call_names.update((c["id"], c["function"]["name"]) for c in item["tool_calls"]
@@ -196,16 +230,25 @@ def _finish_reason(done: p.Done, called: bool) -> str:
     return "tool_calls" if called else "stop"
 
 
-def _usage(dones: dict[int, p.Done], n: int) -> dict[str, Any]:
+def _usage(dones: dict[int, p.Done], n: int, reasoning: int | None = None) -> dict[str, Any]:
     """Usage over all choices (by index; `n` per prompt): each prompt counted once, every
-    choice's completion."""
+    choice's completion; `reasoning`: the tokens of their thinking (chat only)."""
     ordered = [dones[index] for index in sorted(dones)]
     firsts = ordered[::n]  # one choice per prompt
     prompt = sum(done.prompt_eval_count for done in firsts)
     completion = sum(done.eval_count for done in ordered)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(d.cached_tokens for d in firsts)}}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion,
+             "prompt_tokens_details": {"cached_tokens": sum(d.cached_tokens for d in firsts)}}
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
+
+
+def _reasoning(thinking: str) -> dict[str, str]:
+    """Thinking under both names clients read: `reasoning_content` (llama.cpp's server, vLLM,
+    DeepSeek) and `reasoning` (Ollama's compatibility layer)."""
+    return {"reasoning_content": thinking, "reasoning": thinking} if thinking else {}
 
 
 def _openai_calls(calls: list[dict[str, Any]], *, streamed: bool) -> list[dict[str, Any]]:
@@ -334,12 +377,18 @@ async def chat_completions(request: Request) -> Response:
     tool_use = inference.tool_use(model, tools, check_tool_choice(data.get("tool_choice"), tools),
                                   parallel=field(data, "parallel_tool_calls", bool, True))
     field(data, "user", str)  # accepted, as OpenAI does; not used
+    think = inference.think_use(model, _think(data), name)
     logprobs = _chat_logprobs(data)
     format_ = _response_format(data)
     jobs = _jobs(inference, model, data, _choices(data))
     generations = await unless_disconnected(request, _start_all([
         inference.generate(job, messages=messages, format_=format_, tools=tool_use,
-                           logprobs=logprobs) for job in jobs]))
+                           logprobs=logprobs, think=think, count_thinking=True)
+        for job in jobs]))
+
+    def reasoning() -> int:  # the choices' thinking tokens, counted as each one ends
+        return sum(g.thinking_tokens for g in generations)
+
     base = _base("chat.completion.chunk", "chatcmpl", name)
 
     if not field(data, "stream", bool, False):
@@ -347,7 +396,8 @@ async def chat_completions(request: Request) -> Response:
             request, asyncio.gather(*(g.collect() for g in generations)))
         choices = []
         for index, reply in enumerate(replies):
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text,
+                                       **_reasoning(reply.thinking)}
             if reply.tool_calls:
                 message["tool_calls"] = _openai_calls(reply.tool_calls, streamed=False)
             choices.append({"index": index, "message": message,
@@ -355,7 +405,7 @@ async def chat_completions(request: Request) -> Response:
                             "finish_reason": _finish_reason(reply.done, bool(reply.tool_calls))})
         return json_response({**base, "object": "chat.completion", "choices": choices,
                               "usage": _usage(dict(enumerate(r.done for r in replies)),
-                                              len(jobs))}, media_type=JSON)
+                                              len(jobs), reasoning())}, media_type=JSON)
 
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     head = _chunk_head(base)
@@ -377,13 +427,17 @@ async def chat_completions(request: Request) -> Response:
             if isinstance(event, ToolCalls):
                 called.add(index)
                 delta["tool_calls"] = _openai_calls(event.calls, streamed=True)
+            elif isinstance(event, Thinking):
+                delta.update(_reasoning(event.text))
+                if logprobs >= 0:
+                    choice["logprobs"] = {"content": event.logprobs or []}
             else:
                 delta["content"] = event.text
                 if logprobs >= 0:
                     choice["logprobs"] = {"content": event.logprobs or []}
             yield head + dumps(choice).encode() + b"]}\n\n"
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(dones, len(jobs))})
+            yield _sse({**base, "choices": [], "usage": _usage(dones, len(jobs), reasoning())})
 
     return _stream(events())
 
