@@ -14,10 +14,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import metrics
+from gateway.accesslog import AccessLog
+from gateway.bodylimit import BodyLimit
 from gateway.hostcheck import HostCheck, guards
 from gateway.http import json_response
 from gateway.inference import Inference
 from gateway.routes import models, oci, ollama, openai, transfer
+from gateway.team.keys import KeyRing
+from gateway.team.middleware import Team, TeamMiddleware
 from registry.store import Store
 from runner.pool import RunnerPool
 from shared.config import Settings
@@ -32,6 +37,9 @@ BUILTIN_ORIGINS = (
     "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
     "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
 )
+# Browsers let a page read these reply headers only when told.
+RATELIMIT_HEADERS = [f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
+                     for kind in ("requests", "tokens")] + ["Retry-After"]
 ALLOWED_HEADERS = [
     "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
     "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
@@ -72,6 +80,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, store: Store) -> Starlette:
     pool = RunnerPool(settings)
+    routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
+              *metrics.routes]
+    # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
+    team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
+                AccessLog(settings.access_log), routes, fair_share=settings.fair_share)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,16 +93,22 @@ def create_app(settings: Settings, store: Store) -> Starlette:
             yield
         finally:
             await pool.close()
+            team.close()
 
     app = Starlette(
-        routes=[*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes],
+        routes=routes,
         middleware=[*([Middleware(HostCheck)] if guards(settings.host.host) else []),
                     Middleware(CORSMiddleware, allow_origin_regex=origin_regex(settings.origins),
-                               allow_methods=["*"], allow_headers=ALLOWED_HEADERS)],
+                               allow_methods=["*"], allow_headers=ALLOWED_HEADERS,
+                               expose_headers=RATELIMIT_HEADERS),
+                    Middleware(TeamMiddleware, team=team),
+                    Middleware(BodyLimit, limit=settings.max_body)],
         exception_handlers={CorralError: _corral_error, HTTPException: _http_error,
                             Exception: _unexpected},
         lifespan=lifespan,
     )
     app.state.inference = Inference(settings, store, pool)
     app.state.pool = pool
+    app.state.metrics = team.metrics
+    app.state.team = team
     return app

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.options import check_options, load_request, merge_options, sampling_options
+from gateway.team import context as team
 from gateway.thinking import (
     Markers,
     ThinkingParser,
@@ -34,7 +35,7 @@ from runner.pool import LoadedRunner, RunnerPool
 from runner.prompt import render_jinja
 from shared import protocol as p
 from shared.config import Settings, keep_alive_seconds
-from shared.errors import BadRequest, CorralError
+from shared.errors import BadRequest, CorralError, Forbidden
 
 Message = dict[str, Any]
 
@@ -51,6 +52,7 @@ class Job:
     keep_alive: float | None
     started_ns: int = field(default_factory=time.perf_counter_ns)
     load_duration: int = 0
+    unload_refused: bool = False  # a non-admin key asked for keep_alive 0
 
     @property
     def key(self) -> str:
@@ -283,6 +285,7 @@ class Inference:
     def model(self, name: Any) -> LocalModel:
         if not name or not isinstance(name, str):
             raise BadRequest("model is required")
+        team.check_model(name)  # 403 for a model the request's API key may not use
         return self.store.get(name)
 
     def job(self, model: LocalModel, raw_options: Any, keep_alive: Any,
@@ -297,7 +300,10 @@ class Inference:
         n_ctx_train = info.context_length if info else 0
         load = load_request(str(model.model_path), options, self.settings, n_ctx_train)
         load.adapters = [str(path) for path in model.adapter_paths]  # ADAPTER layers (LoRA)
-        return Job(model, options, load, parse_keep_alive(keep_alive))
+        keep = parse_keep_alive(keep_alive)
+        if keep is not None and not team.may_set_keep_alive():  # the server's keep-alive applies
+            return Job(model, options, load, None, unload_refused=keep == 0)
+        return Job(model, options, load, keep)
 
     def think_use(self, model: LocalModel, raw: Any, name: str) -> ThinkUse:
         """`think` checked against the model (400s as Ollama's), with the model's markers."""
@@ -381,7 +387,8 @@ class Inference:
             thinker = think.parser(inside)
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
-                             grammar=grammar, logprobs=logprobs, template_vars=template_vars)
+                             grammar=grammar, logprobs=logprobs, template_vars=template_vars,
+                             tenant=team.tenant())
         parser = tools.parser() if tools else None
         count = None
         if count_thinking and thinker is not None:
@@ -440,16 +447,25 @@ class Inference:
         return ToolUse(tools, fmt, grammar)
 
     async def _stream(self, job: Job, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:
+        record = team.current()
+        times = record.stream() if record is not None else None
         async with self.lease(job) as entry:
             stream = entry.runner.generate(request)
             try:
                 async for message in stream:
+                    if times is not None:  # usage, limits, metrics and the access log
+                        if isinstance(message, p.Chunk):
+                            times.chunk()
+                        else:
+                            record.done(message)  # type: ignore[union-attr]
                     yield message
             finally:
                 await stream.aclose()  # cancels the sequence in the runner if we stop early
 
     async def load_or_unload(self, job: Job) -> str:
         """An empty prompt loads the model (keep_alive 0: unloads it); the done_reason."""
+        if job.unload_refused:
+            raise Forbidden("only an admin API key may unload a model")
         if job.keep_alive == 0:
             await self.pool.unload(job.key)
             return "unload"
@@ -459,4 +475,7 @@ class Inference:
     async def embed(self, job: Job, inputs: list[str], *, truncate: bool, normalize: bool
                     ) -> p.Embeddings:
         async with self.lease(job) as entry:
-            return await entry.runner.embed(inputs, truncate=truncate, normalize=normalize)
+            result = await entry.runner.embed(inputs, truncate=truncate, normalize=normalize)
+        if (record := team.current()) is not None:
+            record.prompt_tokens += result.prompt_eval_count
+        return result

@@ -380,7 +380,7 @@ class Store:
         with self._lock:
             target = self._resolve(name) or name
             path = self._manifest_file(target)
-            _atomic_write(path, raw)
+            atomic_write(path, raw)
             return self._load(target)
 
     def copy(self, src: str | ModelName, dst: str | ModelName) -> LocalModel:
@@ -471,12 +471,13 @@ def _valid_digest(digest: str) -> bool:
     return True
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, then os.replace."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write via a temp file in the same directory, fsync, then os.replace. The temp file has
+    `mode` from its creation (mkstemp makes it 0600), so a secret is never readable by others."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -61,6 +61,7 @@ class RunnerProcess:
         self.debug = debug
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: p.Ready | None = None
+        self.last_health: p.HealthReply | None = None  # its latest report (KV cache use, queue)
         self.dead: str | None = None  # why it stopped, once it has
         self._sock: zmq.asyncio.Socket | None = None
         self._pending: dict[int, asyncio.Queue[p.Message]] = {}
@@ -204,9 +205,11 @@ class RunnerProcess:
         """False when the runner does not answer in time; the pool then treats it as dead."""
         rid, queue = self._open()
         try:
-            await self._call(p.Health(rid), queue, rid, timeout)
+            reply = await self._call(p.Health(rid), queue, rid, timeout)
         except (TimeoutError, CorralError):
             return False
+        if isinstance(reply, p.HealthReply):
+            self.last_health = reply
         return True
 
     async def stop(self) -> None:

@@ -4,7 +4,8 @@
 of every generating sequence, then fills what room is left with chunks of prompts still being
 read (small chunks while others are generating, so a long prompt never freezes their streams),
 decodes it, and samples each sequence's next token with its own sampler chain; the heavy work is
-all in C. Requests beyond the free slots wait in a first-come-first-served queue.
+all in C. Requests beyond the free slots wait in a queue whose free slots go round-robin
+across API keys (runner/fairqueue.py).
 
 Each slot remembers the tokens its KV cache holds. A new request takes the free slot sharing the
 longest prefix with its prompt and evaluates only the rest; a finished or cancelled sequence frees
@@ -17,7 +18,6 @@ import ctypes
 import itertools
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 
 from runner.cpusafety import cpu_config, inject_fault
 from runner.embedding import Embedder
+from runner.fairqueue import FairQueue
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
 from runner.sampling import Sampler, token_logprobs, uses_penalties
@@ -70,6 +71,8 @@ class Sequence:
     # Logprob entries of tokens whose text the stream still holds back: they go out with the
     # next chunk.
     pending_logprobs: list[dict[str, Any]] = field(default_factory=list)
+    tenant: str = ""  # the API key it came from: free slots go round-robin across keys
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)  # for the queue wait
 
 
 @dataclass
@@ -197,7 +200,7 @@ class Engine:
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
 
         self.slots = [Slot(i) for i in range(self.parallel)]
-        self.queue: deque[Sequence] = deque()
+        self.queue: FairQueue[Sequence] = FairQueue(lambda seq: seq.tenant)
         self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
         self._embedder: Embedder | None = None
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
@@ -375,6 +378,7 @@ class Engine:
             grammar=request.grammar or grammar_for(request.format), shift=request.shift,
             num_predict=num_predict,
             logprobs=min(request.logprobs, p.MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
+            tenant=request.tenant,
             seeded=int(options.get("seed", -1)) >= 0 and float(options.get("temperature", 0.8)) > 0,
         )
 
@@ -388,6 +392,12 @@ class Engine:
                 self._release(slot)
                 return True
         return False
+
+    @property
+    def kv_used(self) -> int:
+        """Cache positions the sequences in the slots hold (llama.cpp has no call for used
+        cells): the gateway's corral_kv_cache_usage_ratio."""
+        return sum(len(s.tokens) for s in self.slots if s.sequence is not None)
 
     @property
     def active(self) -> int:
@@ -633,6 +643,7 @@ class Engine:
             context=(seq.prompt[1:] if seq.prompt[:1] == [llama_cpp.llama_vocab_bos(self.vocab)]
                      else seq.prompt) + seq.generated,
             cached_tokens=seq.cached,
+            queue_duration=max(seq.started_ns - seq.submitted_ns, 0),
         )
         self._release(self.slots[seq.slot])
 

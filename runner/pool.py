@@ -27,6 +27,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,7 @@ class RunnerPool:
         self._checks: dict[str, asyncio.TimerHandle] = {}  # pending replica checks
         self._scaling: set[str] = set()  # models with a replica load in flight
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.restarts: Counter[str] = Counter()  # model name -> its runners that died (/metrics)
 
     def inventory(self) -> Inventory:
         s = self.settings
@@ -506,6 +508,7 @@ class RunnerPool:
 
     def _drop(self, entry: LoadedRunner) -> None:
         if self._remove(entry):
+            self.restarts[entry.name] += 1  # it died: the next request starts a fresh one
             if entry.timer is not None:
                 entry.timer.cancel()
             self._spawn(self._rebalance_threads())

@@ -22,6 +22,7 @@ DEFAULT_PORT = 11434
 DEFAULT_KEEP_ALIVE = 300.0  # 5m
 FOREVER = math.inf
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+DEFAULT_MAX_BODY = 32 * 1024**2  # CORRAL_MAX_BODY: larger request bodies get 413 (blobs excepted)
 
 _DURATION_UNITS = {
     "ns": 1e-9,
@@ -166,6 +167,11 @@ def _parse_bytes(name: str, raw: str) -> int:
     return int(float(m.group(1)) * _SIZE_SUFFIXES[m.group(2).lower()])
 
 
+def default_keys_file() -> Path:
+    """Where API keys live unless CORRAL_KEYS_FILE says otherwise."""
+    return Path.home() / ".ollama" / "corral" / "keys.json"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `corral serve` and the CLI read from the environment."""
@@ -190,6 +196,13 @@ class Settings:
     gpus_file: Path | None = None  # CORRAL_GPUS: a JSON description of simulated GPUs
     max_replicas: int = 2  # CORRAL_MAX_REPLICAS: runners of one hot model (GPUs only; 1 = off)
     safe_cpu: bool = False  # CORRAL_SAFE_CPU: load without llama.cpp's extra CPU buffer types
+    # Teams (gateway/team/): the keys file, an admin key from the environment (never printed),
+    # the request body cap, the access log ("" = stderr, "off", or a file) and fair sharing.
+    keys_file: Path = field(default_factory=default_keys_file)
+    api_key: str = field(default="", repr=False)
+    max_body: int = DEFAULT_MAX_BODY
+    access_log: str = ""
+    fair_share: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -264,6 +277,16 @@ class Settings:
             kwargs["safe_cpu"] = _parse_bool("CORRAL_SAFE_CPU", raw)
         if raw := get("CORRAL_SERVE_REGISTRY"):
             kwargs["serve_registry"] = _parse_bool("CORRAL_SERVE_REGISTRY", raw)
+        if raw := get("CORRAL_KEYS_FILE"):
+            kwargs["keys_file"] = Path(raw).expanduser()
+        if raw := get("CORRAL_API_KEY"):
+            kwargs["api_key"] = raw
+        if raw := get("CORRAL_MAX_BODY"):
+            kwargs["max_body"] = _parse_bytes("CORRAL_MAX_BODY", raw)
+        if raw := get("CORRAL_ACCESS_LOG"):
+            kwargs["access_log"] = "off" if raw.lower() == "off" else str(Path(raw).expanduser())
+        if raw := get("CORRAL_FAIR_SHARE"):
+            kwargs["fair_share"] = _parse_bool("CORRAL_FAIR_SHARE", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

@@ -26,6 +26,16 @@ class NotFound(CorralError):
     status = 404
 
 
+class Forbidden(CorralError):
+    """The caller's API key may not do this (a model it may not use, an admin-only action)."""
+
+    status = 403
+
+
+class PayloadTooLarge(CorralError):
+    status = 413
+
+
 class ServerBusy(CorralError):
     status = 503
 

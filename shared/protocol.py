@@ -61,6 +61,9 @@ class Generate:
     # Extra inputs of the GGUF's Jinja template (llama.cpp's chat_template_kwargs), such as
     # enable_thinking and reasoning_effort.
     template_vars: dict[str, Any] | None = None
+    # The API key's name ("anonymous" without keys; "" for everyone when fair sharing is off):
+    # the runner's free slots go round-robin across tenants.
+    tenant: str = ""
 
 
 @dataclass(slots=True)
@@ -149,6 +152,7 @@ class Done:
     eval_duration: int  # ns
     context: list[int] = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens served from the KV cache
+    queue_duration: int = 0  # ns it waited in the runner for a free slot
 
 
 @dataclass(slots=True)
@@ -180,6 +184,7 @@ class HealthReply:
     id: int
     active: int
     queued: int
+    kv_used: int = 0  # cache positions the active sequences hold (of n_ctx x parallel)
 
 
 Message = (

@@ -60,6 +60,9 @@ def start_server(models: Path, log: Path, **extra_env: str) -> LiveServer:
     port = free_port()
     host = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+    # No API keys unless a test asks: never the machine's own keys file or CORRAL_API_KEY.
+    env.pop("CORRAL_API_KEY", None)
+    env["CORRAL_KEYS_FILE"] = str(log.with_name(log.name + ".no-keys.json"))
     env.update({"OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), **extra_env})
     env["PYTHONPATH"] = str(ROOT)
     with log.open("wb") as out:

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     from gateway.cli.plan import add_plan_parser  # `corral plan`: the supervisor's decision
     add_plan_parser(sub)
+    from gateway.cli.keys import add_keys_parser  # `corral keys`: the keys file, no server needed
+    add_keys_parser(sub)
     from gateway.cli.verify import add_verify_parser  # `corral verify`: the store, like fsck
     add_verify_parser(sub)
     return parser
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             from gateway.cli.plan import cmd_plan
             return cmd_plan(args)
+        if args.command == "keys":
+            from gateway.cli.keys import cmd_keys
+            return cmd_keys(args)
         if args.version:
             with Client() as client:
                 return commands.cmd_version(client)

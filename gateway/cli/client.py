@@ -66,6 +66,12 @@ def error_message(body: bytes, status: int, reason: str = "") -> str:
     return f"{status} {reason}".strip()
 
 
+def auth_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`Authorization: Bearer $CORRAL_API_KEY` when it is set (a server with keys wants one)."""
+    secret = (os.environ if env is None else env).get("CORRAL_API_KEY", "").strip().strip("\"'")
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
 class Client:
     """Talks to one corral server; use as a context manager or call close()."""
 
@@ -84,7 +90,7 @@ class Client:
             base_url=self.base_url,
             timeout=httpx.Timeout(None, connect=connect_timeout),
             trust_env=not is_loopback_host(host),
-            headers={"User-Agent": "corral-cli"},
+            headers={"User-Agent": "corral-cli", **auth_headers()},
             transport=transport,
         )
 

@@ -26,6 +26,7 @@ from gateway.inference import (
     check_messages,
     vector,
 )
+from gateway.team import context as team
 from gateway.tools import check_tool_choice, check_tools
 from registry.names import ModelName
 from registry.show import show_response
@@ -297,7 +298,7 @@ async def embeddings_legacy(request: Request) -> Response:
 
 async def tags(request: Request) -> Response:
     store = _inference(request).store
-    return json_response({"models": [tags_entry(m) for m in store.list()]})
+    return json_response({"models": [tags_entry(m) for m in store.list() if team.visible(m.name)]})
 
 
 async def show(request: Request) -> Response:
@@ -306,6 +307,7 @@ async def show(request: Request) -> Response:
     name = data.get("model") or data.get("name")
     if not name or not isinstance(name, str):
         raise BadRequest("model is required")
+    team.check_model(name)  # 403 for a model the API key may not use
     model = inference.store.get(name, error_name=ModelName.parse(name).display())
     body = show_response(inference.store, model, verbose=field(data, "verbose", bool, False))
     return json_response(body)
@@ -313,7 +315,7 @@ async def show(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     pool = _inference(request).pool
-    groups = pool.running()
+    groups = [g for g in pool.running() if team.visible(g[0].name)]  # the key's models
     vram = await pool.measured_vram()  # by pid; None without NVML
     models = []
     for group in groups:  # one entry per model, as Ollama; its replicas inside `corral`

@@ -32,6 +32,7 @@ from gateway.inference import (
     vector,
 )
 from gateway.options import OPTION_TYPES
+from gateway.team import context as team
 from gateway.tools import check_tool_choice, check_tools
 from registry.store import LocalModel
 from shared import protocol as p
@@ -555,12 +556,13 @@ def _model_entry(model: Any) -> dict[str, Any]:
 
 async def list_models(request: Request) -> Response:
     store = _inference(request).store
-    return json_response({"object": "list", "data": [_model_entry(m) for m in store.list()]},
-                         media_type=JSON)
+    return json_response({"object": "list", "data": [_model_entry(m) for m in store.list()
+                                                      if team.visible(m.name)]}, media_type=JSON)
 
 
 async def get_model(request: Request) -> Response:
     name = request.path_params["model"]
+    team.check_model(name)  # 403 for a model the API key may not use
     model = _inference(request).store.find(name)
     if model is None:
         raise NotFound(f"model '{name}' not found")
