@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import metrics
+from gateway import metrics, openapi
 from gateway.accesslog import AccessLog
 from gateway.bodylimit import BodyLimit
 from gateway.hostcheck import HostCheck, guards
@@ -55,15 +55,19 @@ def origin_regex(origins: tuple[str, ...]) -> str:
     return "^(" + "|".join(patterns) + ")$"
 
 
-def _error(request: Request, status: int, message: str) -> Response:
+def _error(request: Request, status: int, message: str, param: str | None = None,
+           code: str | None = None) -> Response:
     if request.url.path.startswith("/v1/"):
-        return json_response(openai.error_body(status, message), status, "application/json")
+        return json_response(openai.error_body(status, message, param, code), status,
+                             "application/json")
     return json_response({"error": message}, status)
 
 
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
-    return _error(request, exc.status, exc.message)
+    # OpenAI's error object can name the field at fault (openai.InvalidParam).
+    return _error(request, exc.status, exc.message, getattr(exc, "param", None),
+                  getattr(exc, "code", None))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -81,7 +85,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, store: Store) -> Starlette:
     pool = RunnerPool(settings)
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
-              *metrics.routes]
+              *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
     team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
                 AccessLog(settings.access_log), routes, fair_share=settings.fair_share)

@@ -311,13 +311,15 @@ class Inference:
         return ThinkUse(value, thinking_markers(model) if is_on(value) else None)
 
     def template_prompt(self, model: LocalModel, messages: list[Message],
-                        tools: list[Tool] | None = None, think: ThinkValue = None) -> str | None:
+                        tools: list[Tool] | None = None, think: ThinkValue = None, *,
+                        as_written: bool = False) -> str | None:
         """The prompt from the model's TEMPLATE layer (Go template), or None to let the runner
         render with the GGUF's chat template / family format (no template layer, or Ollama's
-        `{{ .Prompt }}` placeholder). Templates are checked when a model is created; one that
-        still fails here (a model from elsewhere) falls back to the runner's rendering."""
+        `{{ .Prompt }}` placeholder unless `as_written`: /api/generate renders any TEMPLATE as
+        Ollama does). Templates are checked when a model is created; one that still fails here
+        (a model from elsewhere) falls back to the runner's rendering."""
         text = model.template
-        if gotemplate.is_passthrough(text):
+        if gotemplate.is_passthrough(text) and not (as_written and text and text.strip()):
             return None
         assert text is not None
         try:
@@ -358,11 +360,11 @@ class Inference:
                        context: list[int] | None = None, format_: Any = None,
                        shift: bool = True, tools: ToolUse | None = None,
                        logprobs: int = -1, think: ThinkUse | None = None,
-                       count_thinking: bool = False) -> Generation:
+                       count_thinking: bool = False, as_written: bool = False) -> Generation:
         """Start a generation. With `tools` the prompt offers them and the reply is parsed for
         calls (and forced to be one when the tool choice says so). With `think` the template
         gets the think value and the reply's thinking is split from its content
-        (`count_thinking`: and its tokens counted)."""
+        (`count_thinking`: and its tokens counted). `as_written`: see template_prompt."""
         tool_list = tools.tools if tools else None
         grammar = tools.grammar if tools else None
         if think is not None and (format_ or grammar):
@@ -370,7 +372,8 @@ class Inference:
         value = think.value if think else None
         template_vars = None
         if prompt is None and messages is not None:
-            rendered = self.template_prompt(job.model, messages, tool_list, value)
+            rendered = self.template_prompt(job.model, messages, tool_list, value,
+                                            as_written=as_written)
             if rendered is not None:  # the stop strings come from the model's params
                 if truncate:
                     rendered = await self._fit(job, messages, tool_list, rendered, value)
@@ -424,6 +427,8 @@ class Inference:
         does this itself for chats it renders.)"""
         if len(rendered.encode()) + 1 < job.load.num_ctx:
             return rendered  # a token is at least a byte (plus BOS): it fits, no need to count
+        if all(m.get("role") == "system" for m in messages[:-1]):
+            return rendered  # nothing to drop (one prompt): the runner keeps its start and end
         async with self.lease(job) as entry:
             limit = entry.ready.n_ctx - 1
             kept = list(messages)

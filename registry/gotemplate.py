@@ -114,6 +114,7 @@ def _lex(text: str) -> list[str | _Action]:
     items: list[str | _Action] = []
     pos = 0
     trim_next = False
+    line, counted = 1, 0  # the line number at offset `counted` (counted on, not from 0)
     while True:
         start = text.find("{{", pos)
         chunk = text[pos:] if start < 0 else text[pos:start]
@@ -123,7 +124,8 @@ def _lex(text: str) -> list[str | _Action]:
             if chunk:
                 items.append(chunk)
             return items
-        line = text.count("\n", 0, start) + 1
+        line += text.count("\n", counted, start)
+        counted = start
         inner_start = start + 2
         trim_left = text.startswith("-", inner_start) and text[inner_start + 1:inner_start + 2] \
             in tuple(_SPACE)
@@ -469,6 +471,7 @@ def _sprintln(*args: Any) -> str:
 
 
 _VERB_RE = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
+_FMT_MAX = 1_000_000  # Go's fmt: a larger width is %!(BADWIDTH), a larger precision %!(BADPREC)
 
 
 def _sprintf(fmt: Any, *args: Any) -> str:
@@ -481,6 +484,8 @@ def _sprintf(fmt: Any, *args: Any) -> str:
         out.append(fmt[pos:m.start()])
         pos = m.end()
         flags, width, prec, verb = m.groups()
+        bad_prec = prec is not None and int(prec) > _FMT_MAX
+        prec = None if bad_prec else prec
         if verb == "%":
             out.append("%")
             continue
@@ -504,7 +509,11 @@ def _sprintf(fmt: Any, *args: Any) -> str:
             text = text.upper() if verb == "X" else text
         else:
             text = f"%!{verb}({_type_name(value)}={_print_value(value)})"
-        if width:
+        if bad_prec:
+            text = "%!(BADPREC)" + text
+        if width and int(width) > _FMT_MAX:  # Go's fmt refuses these too
+            text = "%!(BADWIDTH)" + text
+        elif width:
             text = text.ljust(int(width)) if "-" in flags else text.rjust(int(width))
         out.append(text)
     out.append(fmt[pos:])
@@ -557,6 +566,9 @@ _MAP_FIELDS = frozenset({"Arguments", "Properties", "Defs"})  # keys below these
 # ----- parser ----------------------------------------------------------------------------------
 
 
+MAX_NESTING = 100  # blocks and parentheses; model templates use a handful
+
+
 class _Parser:
     def __init__(self, items: list[str | _Action]) -> None:
         self.items = items
@@ -564,6 +576,14 @@ class _Parser:
         self.fields: set[str] = set()
         self.scopes: list[set[str]] = [{"$"}]
         self.range_depth = 0
+        self.nesting = 0  # blocks and parentheses open around the current position
+
+    def _enter(self, line: int) -> None:
+        """One level deeper; refused beyond MAX_NESTING (the parser recurses per level)."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise TemplateError(f"line {line}: template nested too deeply (more than "
+                                f"{MAX_NESTING} levels)")
 
     def parse(self) -> list[Any]:
         body, stop = self._list(())
@@ -608,6 +628,7 @@ class _Parser:
     def _branch(self, kind: str, action: _Action) -> _Branch:
         # Variables declared in the pipeline are visible in both branches; those declared in
         # a branch stay in it.
+        self._enter(action.line)
         self.scopes.append(set())
         try:
             pipe = self._pipeline(action.tokens[1:], action.line, decl_ok=True,
@@ -639,6 +660,7 @@ class _Parser:
             return branch
         finally:
             self.scopes.pop()
+            self.nesting -= 1
 
     def _declared(self, name: str) -> bool:
         return any(name in scope for scope in self.scopes)
@@ -737,7 +759,9 @@ class _Parser:
                 j += 1
             if depth:
                 raise TemplateError(f"line {line}: unclosed left paren")
+            self._enter(line)
             inner = self._commands(tokens[i:j - 1], line)
+            self.nesting -= 1
             if not inner.commands:
                 raise TemplateError(f"line {line}: missing pipeline in parentheses")
             term, i = inner, j
@@ -834,10 +858,45 @@ class _ContinueSignal(Exception):
     pass
 
 
+class Budget:
+    """What one rendering may spend: steps (nodes run and range turns) and output characters.
+
+    Go runs any template to the end; a model's template runs on every chat, so a hostile or
+    broken one (a huge `range`, loops in loops, runaway output) must stop with an error instead
+    of holding the server. The limits grow with the input so that honest templates over long
+    chats never meet them."""
+
+    def __init__(self, steps: int, chars: int) -> None:
+        self.steps = steps
+        self.chars = chars
+
+    @classmethod
+    def for_input(cls, items: int, text: int) -> Budget:
+        """For `items` messages and tools holding `text` characters."""
+        return cls(steps=STEPS_BASE + STEPS_PER_ITEM * items,
+                   chars=CHARS_BASE + CHARS_PER_INPUT_CHAR * text)
+
+    def spend(self, steps: int) -> None:
+        self.steps -= steps
+        if self.steps < 0:
+            raise TemplateError("template takes too many steps (a runaway range?)")
+
+    def write(self, out: list[str], text: str) -> None:
+        self.chars -= len(text)
+        if self.chars < 0:
+            raise TemplateError("template output is too large")
+        out.append(text)
+
+
+STEPS_BASE, STEPS_PER_ITEM = 200_000, 2_000
+CHARS_BASE, CHARS_PER_INPUT_CHAR = 4 * 1024 * 1024, 8
+
+
 class _State:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, budget: Budget | None = None) -> None:
         self.vars: list[tuple[str, Any]] = [("$", root)]
         self.out: list[str] = []
+        self.budget = budget or Budget.for_input(0, 0)
 
     def lookup(self, name: str) -> Any:
         for var, value in reversed(self.vars):
@@ -883,8 +942,9 @@ class Template:
 
     # --- evaluation ---
 
-    def execute(self, data: Any, nodes: list[Any] | None = None) -> str:
-        state = _State(data)
+    def execute(self, data: Any, nodes: list[Any] | None = None,
+                budget: Budget | None = None) -> str:
+        state = _State(data, budget)
         try:
             self._run(state, self.root if nodes is None else nodes, data)
         except (_BreakSignal, _ContinueSignal):  # pragma: no cover - parser forbids it
@@ -894,13 +954,14 @@ class Template:
         return "".join(state.out)
 
     def _run(self, state: _State, nodes: list[Any], dot: Any) -> None:
+        state.budget.spend(len(nodes))
         for node in nodes:
             if isinstance(node, _Text):
-                state.out.append(node.text)
+                state.budget.write(state.out, node.text)
             elif isinstance(node, _Output):
                 value = self._pipe(state, node.pipe, dot)
                 if not node.pipe.decl:
-                    state.out.append(_print_value(value))
+                    state.budget.write(state.out, _print_value(value))
             elif isinstance(node, _Branch):
                 self._branch(state, node, dot)
             elif isinstance(node, _Break):
@@ -940,6 +1001,7 @@ class Template:
         elif isinstance(value, int) and not isinstance(value, bool):
             if len(decl) > 1:
                 raise TemplateError("can't use two variables ranging over an integer")
+            state.budget.spend(max(value, 0))  # before making the list: it could be huge
             items = [(i, i) for i in range(value)]
         else:
             raise TemplateError(f"range can't iterate over {_print_value(value)}")
@@ -949,6 +1011,7 @@ class Template:
             return
         mark = len(state.vars)
         for key, elem in items:
+            state.budget.spend(1)
             del state.vars[mark:]
             if len(decl) == 1:
                 self._bind(state, decl[0], elem, node.pipe.assign)
@@ -1069,7 +1132,10 @@ _MISSING = _Missing()
 @functools.lru_cache(maxsize=64)
 def parse(text: str) -> Template:
     """Parse (cached per text). Raises TemplateError."""
-    return Template(text)
+    try:
+        return Template(text)
+    except RecursionError:  # blocks or parentheses nested thousands deep
+        raise TemplateError("template nested too deeply") from None
 
 
 # ----- values Ollama passes to templates -------------------------------------------------------
@@ -1196,22 +1262,26 @@ def render_chat(template: str | Template, messages: Sequence[dict[str, Any]], *,
     the request's: a boolean or a level ("low", "medium", "high", "max").
     """
     tpl = parse(template) if isinstance(template, str) else template
+    budget = Budget.for_input(len(messages) + len(tools or ()), sum(
+        len(str(m.get("content") or "")) for m in messages) + len(prompt or "")
+        + len(suffix or "") + len(str(tools or "")))
     tool_values = GoJSONList(_tool(t) for t in (tools or []))
     think_fields = {"Think": bool(think), "IsThinkSet": think is not None,
                     "ThinkLevel": think_level(think)}
     if suffix is not None:
-        return tpl.execute(_values(Prompt=prompt or "", Suffix=suffix, **think_fields))
+        return tpl.execute(_values(Prompt=prompt or "", Suffix=suffix, **think_fields),
+                           budget=budget)
     if tpl.uses_messages:
         system, collated = _collate(messages)
         return tpl.execute(_values(System=system, Messages=[_message(m) for m in collated],
-                                   Tools=tool_values, **think_fields))
+                                   Tools=tool_values, **think_fields), budget=budget)
     # Legacy templates: one execution per (system, prompt, response) turn.
     out: list[str] = []
     system = user = response = ""
 
     def turn(nodes: list[Any] | None = None) -> None:
         out.append(tpl.execute(_values(System=system, Prompt=user, Response=response,
-                                       Tools=tool_values, **think_fields), nodes))
+                                       Tools=tool_values, **think_fields), nodes, budget))
 
     for m in _collate(messages)[1]:
         role = m["role"]

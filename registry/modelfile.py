@@ -217,14 +217,21 @@ def parse(text: str) -> Modelfile:
             key, rest = km.group(1), rest[km.end():]
         value = rest.strip()
         raw, complete = _unquote(value)
-        while not complete:
-            if i >= len(lines):
-                quote = '"""' if value.startswith('"""') else '"'
-                raise ModelfileError(f"unexpected EOF, expected a closing {quote} for the "
-                                     f"{name.upper()} value", lineno)
-            value = value + "\n" + lines[i]
-            i += 1
-            raw, complete = _unquote(value.rstrip())
+        if not complete:
+            # Gather lines until one ends with the closing quote; only the newest line can
+            # close the value, so the whole text is not rechecked per line (that was quadratic
+            # in a quote that never closes).
+            quote = '"""' if value.startswith('"""') else '"'
+            parts = [value]
+            while not complete:
+                if i >= len(lines):
+                    raise ModelfileError(f"unexpected EOF, expected a closing {quote} for the "
+                                         f"{name.upper()} value", lineno)
+                parts.append(lines[i])
+                i += 1
+                if parts[-1].rstrip().endswith(quote):
+                    value = "\n".join(parts)
+                    raw, complete = _unquote(value.rstrip())
         if not value:
             what = {"from": "a model name or a path", "parameter": f"a value for '{key}'",
                     "message": "the message text", "adapter": "a path",

@@ -56,7 +56,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, log: Path, **extra_env: str) -> LiveServer:
+def start_server(models: Path, log: Path, root: Path = ROOT, **extra_env: str) -> LiveServer:
+    """`corral serve` from the checkout at `root` (another one: benchmarks comparing versions)."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
@@ -64,9 +65,9 @@ def start_server(models: Path, log: Path, **extra_env: str) -> LiveServer:
     env.pop("CORRAL_API_KEY", None)
     env["CORRAL_KEYS_FILE"] = str(log.with_name(log.name + ".no-keys.json"))
     env.update({"OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), **extra_env})
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=root, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = LiveServer(f"http://{host}", host, env, proc, models, log)
     deadline = time.monotonic() + START_TIMEOUT

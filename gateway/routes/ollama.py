@@ -160,8 +160,9 @@ async def generate(request: Request) -> Response:
         sys_text = system if system is not None else model.system
         if sys_text:
             messages.insert(0, {"role": "system", "content": sys_text})
+        # An explicit TEMPLATE is rendered as written, `{{ .Prompt }}` included (Ollama).
         work = inference.generate(job, messages=messages, context=context, think=think,
-                                  **limits)
+                                  as_written=True, **limits)
     generation = await unless_disconnected(request, work)
 
     head = '{"model":' + dumps(name) + ',"created_at":"'

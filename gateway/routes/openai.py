@@ -47,9 +47,25 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None
+               ) -> dict[str, Any]:
     return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
-                      "param": None, "code": None}}
+                      "param": param, "code": code}}
+
+
+class InvalidParam(BadRequest):
+    """A 400 naming the field at fault, which OpenAI's error object carries (param, code)."""
+
+    def __init__(self, message: str, param: str, code: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+# The roles OpenAI's chat API takes; another is its 400. (Ollama's /api/chat passes any role on
+# to the template, and so does corral's.)
+ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_ROLE_LIST = ", ".join(f"'{r}'" for r in ROLES[:-1]) + f", and '{ROLES[-1]}'"
 
 
 def _inference(request: Request) -> Inference:
@@ -197,10 +213,17 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         raise BadRequest("[] is too short - 'messages'")
     native: list[Any] = []
     call_names: dict[str, str] = {}  # tool call id -> function name
-    for message in raw:
+    for index, message in enumerate(raw):
         if not isinstance(message, dict):
             raise BadRequest("each message must be an object")
         role = message.get("role")
+        if role is None:
+            raise InvalidParam(f"Missing required parameter: 'messages[{index}].role'.",
+                               f"messages[{index}].role", "missing_required_parameter")
+        if role not in ROLES:
+            shown = f"'{role[:100]}'" if isinstance(role, str) else json.dumps(role)[:100]
+            raise InvalidParam(f"Invalid value: {shown}. Supported values are: {_ROLE_LIST}.",
+                               f"messages[{index}].role", "invalid_value")
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(_part_text(part) for part in content)
@@ -342,7 +365,9 @@ def _stream(events: AsyncIterator[bytes]) -> StreamingResponse:
             yield _sse(error_body(exc.status, exc.message))
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream")
+    # The header set as is: Starlette would add "; charset=utf-8" to a text/* media type, which
+    # neither OpenAI nor Ollama sends.
+    return StreamingResponse(body(), headers={"content-type": "text/event-stream"})
 
 
 def _chunk_head(base: dict[str, Any]) -> bytes:
