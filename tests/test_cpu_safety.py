@@ -54,6 +54,14 @@ def crash_server(request: pytest.FixtureRequest, models_dir: Path, tmp_path: Pat
         server.stop()
 
 
+def failed_load_error(server: LiveServer) -> str:
+    """The error of a generate whose model cannot load (500)."""
+    reply = httpx.post(server.url + "/api/generate", timeout=180, json={
+        "model": MODEL, "prompt": "Hi", "stream": False})
+    assert reply.status_code == 500
+    return reply.json()["error"]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("crash_server", ["SIGSEGV"], indirect=True)
 def test_a_crash_at_warm_up_is_retried_in_the_safe_configuration(
@@ -74,10 +82,7 @@ def test_a_crash_at_warm_up_is_retried_in_the_safe_configuration(
 @pytest.mark.e2e
 @pytest.mark.parametrize("crash_server", ["SIGILL:always"], indirect=True)
 def test_a_second_crash_names_the_signal_and_its_cause(crash_server: LiveServer) -> None:
-    reply = httpx.post(crash_server.url + "/api/generate", timeout=180, json={
-        "model": MODEL, "prompt": "Hi", "stream": False})
-    assert reply.status_code == 500
-    error = reply.json()["error"]
+    error = failed_load_error(crash_server)
     assert "also in the safe CPU configuration" in error
     assert "SIGILL" in error and "another CPU" in error
     assert httpx.get(crash_server.url + "/api/ps").json() == {"models": []}
@@ -87,10 +92,7 @@ def test_a_second_crash_names_the_signal_and_its_cause(crash_server: LiveServer)
 @pytest.mark.e2e
 @pytest.mark.parametrize("crash_server", ["SIGKILL"], indirect=True)
 def test_sigkill_while_loading_is_not_retried(crash_server: LiveServer) -> None:
-    reply = httpx.post(crash_server.url + "/api/generate", timeout=180, json={
-        "model": MODEL, "prompt": "Hi", "stream": False})
-    assert reply.status_code == 500
-    assert "killed by SIGKILL" in reply.json()["error"]
+    assert "killed by SIGKILL" in failed_load_error(crash_server)
     assert "retrying once" not in crash_server.log.read_text()
 
 
