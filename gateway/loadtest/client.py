@@ -6,14 +6,24 @@ until the `"done": true` object, whose `eval_count` is the output token count.
 `stream_options.include_usage`, until `data: [DONE]`; `usage.completion_tokens` is the count.
 Where the server reports no count, the number of non-empty chunks stands in for it.
 
+A prompt is a string or a list of chat messages: the chat endpoints send the messages as they
+are (a string becomes one user message); generate and completions send the messages' contents
+joined by blank lines, so a growing conversation keeps a growing common prefix there too.
+
 Every request asks for greedy decoding (temperature 0) and at most `output_tokens` tokens.
 Timestamps are `time.perf_counter()` seconds, taken as each line is read.
+
+Errors are sorted by kind: the HTTP status ("429", "503", ...), "timeout" (the request ran past
+its time limit), "connect" (no connection), "stream" (a broken or unreadable stream, or an error
+object inside it) and "cut" (cancelled when the run's time budget ran out).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +41,24 @@ _PATHS = {
     ("openai", "chat"): "/v1/chat/completions",
     ("openai", "completions"): "/v1/completions",
 }
+
+
+Message = Mapping[str, str]
+Prompt = str | Sequence[Message]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The prompt as one string, for the endpoints that take text: contents joined by blank
+    lines (the roles are dropped: a raw prompt has no template to mark them)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(str(message.get("content", "")) for message in prompt)
+
+
+def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(message) for message in prompt]
 
 
 @dataclass(frozen=True)
@@ -61,24 +89,28 @@ class Target:
             path = path.removeprefix("/v1")
         return self.url + path
 
-    def body(self, prompt: str) -> dict[str, Any]:
-        messages = [{"role": "user", "content": prompt}]
+    def body(self, prompt: Prompt, output_tokens: int | None = None) -> dict[str, Any]:
+        """The request body; `output_tokens` overrides the target's own limit."""
+        limit = self.output_tokens if output_tokens is None else output_tokens
         if self.api == "ollama":
             body: dict[str, Any] = {"model": self.model, "stream": True,
-                                    "options": {"temperature": 0,
-                                                "num_predict": self.output_tokens}}
+                                    "options": {"temperature": 0, "num_predict": limit}}
             if self.endpoint == "chat":
-                body["messages"] = messages
+                body["messages"] = prompt_messages(prompt)
             else:
-                body.update(prompt=prompt, raw=True)
+                body.update(prompt=prompt_text(prompt), raw=True)
             return body
         body = {"model": self.model, "stream": True, "stream_options": {"include_usage": True},
-                "max_tokens": self.output_tokens, "temperature": 0}
+                "max_tokens": limit, "temperature": 0}
         if self.endpoint == "chat":
-            body["messages"] = messages
+            body["messages"] = prompt_messages(prompt)
         else:
-            body["prompt"] = prompt
+            body["prompt"] = prompt_text(prompt)
         return body
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.url, "api": self.api, "endpoint": self.endpoint,
+                "request_url": self.request_url, "model": self.model}
 
     def headers(self) -> dict[str, str]:
         headers = {"User-Agent": "corral-bench"}
@@ -98,10 +130,22 @@ class RequestResult:
     prompt_tokens: int | None = None  # as the server reports it
     tokens_from: str = "server"  # "server" (eval_count / usage) or "chunks" (counted)
     error: str | None = None
+    error_kind: str | None = None  # see the module docstring
+    status: int | None = None  # the HTTP status, once the reply's head has arrived
+    scheduled: float | None = None  # when an open-loop schedule wanted it sent
+    text: str = ""  # the reply, kept for the next turn of a conversation
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.end is not None
+
+    @property
+    def lateness(self) -> float:
+        """How long after its scheduled time the request went out (0 for closed loops)."""
+        return max(0.0, self.sent - self.scheduled) if self.scheduled is not None else 0.0
+
+    def fail(self, kind: str, message: str) -> None:
+        self.error_kind, self.error = kind, message
 
     @property
     def ttft(self) -> float | None:
@@ -119,9 +163,11 @@ class RequestResult:
         return [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
 
 
-def http_client(target: Target, connections: int,
+def http_client(target: Target, connections: int | None,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """One connection pool for the whole run, big enough for the highest concurrency."""
+    """One connection pool per server for the whole run, big enough for the most requests ever
+    in flight (None: no limit): a request must never wait for a free connection, which would
+    delay it unseen."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), limits=limits,
                              headers=target.headers(), transport=transport,
@@ -148,10 +194,12 @@ class _Stream:
         self.counted = 0
         self.reported: int | None = None
         self.finished = False  # an OpenAI finish_reason arrived
+        self.parts: list[str] = []
 
     def chunk(self, text: str, now: float) -> None:
         if text:
             self.result.chunks.append(now)
+            self.parts.append(text)
             self.counted += 1
 
     def ollama(self, obj: Any, now: float) -> bool:
@@ -199,6 +247,7 @@ class _Stream:
 
     def close(self, now: float) -> None:
         self.result.end = now
+        self.result.text = "".join(self.parts)
         if self.reported is not None:
             self.result.output_tokens = self.reported
         else:
@@ -206,42 +255,63 @@ class _Stream:
             self.result.tokens_from = "chunks"
 
 
-async def run_request(http: httpx.AsyncClient, target: Target, prompt: str) -> RequestResult:
-    """Send one streamed request and time it; failures end up in `result.error`, not raised."""
-    result = RequestResult(sent=time.perf_counter())
+async def run_request(http: httpx.AsyncClient, target: Target, prompt: Prompt, *,
+                      output_tokens: int | None = None, timeout: float | None = None,
+                      result: RequestResult | None = None) -> RequestResult:
+    """Send one streamed request and time it; failures end up in `result.error`, not raised.
+
+    `result`, when given, is filled in place (its `sent` is reset to the real send time), so a
+    caller that cancels the request still holds what it was; `timeout` bounds the whole request.
+    """
+    if result is None:
+        result = RequestResult(sent=time.perf_counter())
+    else:
+        result.sent = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await _exchange(http, target, prompt, output_tokens, result)
+    except TimeoutError:
+        result.fail("timeout", f"timed out after {timeout:g} s")
+    except httpx.TimeoutException as exc:
+        result.fail("timeout", f"{type(exc).__name__}: {exc}")
+    except httpx.ConnectError as exc:
+        result.fail("connect", f"could not connect: {exc}")
+    except httpx.HTTPError as exc:
+        result.fail("stream", f"{type(exc).__name__}: {exc}")
+    except ValueError as exc:  # bad JSON, or an error object in the stream
+        result.fail("stream", str(exc) or "unexpected response")
+    return result
+
+
+async def _exchange(http: httpx.AsyncClient, target: Target, prompt: Prompt,
+                    output_tokens: int | None, result: RequestResult) -> None:
     stream = _Stream(target, result)
     last = result.sent
-    try:
-        async with http.stream("POST", target.request_url, json=target.body(prompt)) as reply:
-            if reply.status_code >= 400:
-                await reply.aread()
-                result.error = (f"HTTP {reply.status_code}: "
-                                f"{error_message(reply.content, reply.status_code)}")
-                return result
-            async for line in reply.aiter_lines():
-                now = time.perf_counter()
-                line = line.strip()
-                if target.api == "ollama":
-                    if line and stream.ollama(_loads(line), now):
-                        stream.close(now)
-                        return result
-                    continue
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, event names
-                data = line[5:].strip()
-                if data == "[DONE]":
+    body = target.body(prompt, output_tokens)
+    async with http.stream("POST", target.request_url, json=body) as reply:
+        result.status = reply.status_code
+        if reply.status_code >= 400:
+            await reply.aread()
+            result.fail(str(reply.status_code), f"HTTP {reply.status_code}: "
+                        f"{error_message(reply.content, reply.status_code)}")
+            return
+        async for line in reply.aiter_lines():
+            now = time.perf_counter()
+            line = line.strip()
+            if target.api == "ollama":
+                if line and stream.ollama(_loads(line), now):
                     stream.close(now)
-                    return result
-                stream.openai(_loads(data), now)
-                last = now
-            if target.api == "openai" and stream.finished:  # a server that sends no [DONE]
-                stream.close(last)
-                return result
-            result.error = "the stream ended before the final message"
-    except httpx.ConnectError as exc:
-        result.error = f"could not connect: {exc}"
-    except httpx.HTTPError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    except ValueError as exc:  # bad JSON, or an error object in the stream
-        result.error = str(exc) or "unexpected response"
-    return result
+                    return
+                continue
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, event names
+            data = line[5:].strip()
+            if data == "[DONE]":
+                stream.close(now)
+                return
+            stream.openai(_loads(data), now)
+            last = now
+        if target.api == "openai" and stream.finished:  # a server that sends no [DONE]
+            stream.close(last)
+            return
+        result.fail("stream", "the stream ended before the final message")

@@ -1,4 +1,4 @@
-"""Prompt sets for the load test: random or fixed text of about N tokens, or prompts from a file.
+"""Prompt texts for the load test: random or fixed text of about N tokens, or prompts from a file.
 
 Lengths are approximate: the text is built from short, common English words, which most
 tokenizers keep as one token each, with a full stop every few words (with Gemma 3's tokenizer
@@ -9,8 +9,11 @@ writing up to the output limit instead of stopping at once. The server's own cou
 - `random`: every request gets its own prompt (seeded, so a run is repeatable); no two prompts
   share a prefix worth caching, so each request pays for its whole prompt.
 - `fixed`: every request gets the same passage; a server with a prompt cache reuses it.
-- a file: one prompt per line, or JSON Lines (a JSON string, or an object with a "prompt",
-  "text" or "content" string); requests take them in turn, wrapping around.
+- a file: one prompt per line, or JSON Lines (a JSON string, an object with a "prompt", "text"
+  or "content" string, a list of chat messages, or an object with a "messages" list); requests
+  take them in turn, wrapping around.
+
+The other workloads (shared prefixes, conversations) are built from these texts in `workload`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-KINDS = ("random", "fixed")
+from gateway.loadtest.client import Prompt
 
 # Short, common words: one token each in the usual tokenizers.
 _WORD_TEXT = (
@@ -75,7 +78,15 @@ def _word_count(tokens: int) -> int:
 
 def random_prompt(tokens: int, seed: int, index: int) -> str:
     """Prompt number `index` of a seeded random set: about `tokens` tokens of word salad."""
-    rng = random.Random(seed * 1_000_003 + index)
+    return _salad(tokens, random.Random(seed * 1_000_003 + index))
+
+
+def random_text(tokens: int, key: str) -> str:
+    """About `tokens` tokens of word salad, the same for the same `key` (seeds by string)."""
+    return _salad(tokens, random.Random(key))
+
+
+def _salad(tokens: int, rng: random.Random) -> str:
     return _sentences([rng.choice(_WORDS) for _ in range(_word_count(tokens))])
 
 
@@ -86,25 +97,47 @@ def fixed_prompt(tokens: int) -> str:
     return " ".join(words).rstrip(".,:")  # left open, as in _sentences
 
 
-def _parse_line(line: str) -> str:
+def _messages(data: list[object], line: str) -> list[dict[str, str]]:
+    messages = []
+    for item in data:
+        if not (isinstance(item, dict) and isinstance(item.get("role"), str)
+                and isinstance(item.get("content"), str)):
+            raise ValueError(f"a message needs a \"role\" and a \"content\" string: {line[:80]}")
+        messages.append({"role": item["role"], "content": item["content"]})
+    if not messages:
+        raise ValueError(f"an empty message list: {line[:80]}")
+    return messages
+
+
+def _parse_line(line: str) -> Prompt:
     stripped = line.strip()
-    if stripped[:1] in ('{', '"'):
+    if stripped[:1] in ('{', '"', '['):
         try:
             data = json.loads(stripped)
         except ValueError:
             return stripped
         if isinstance(data, str):
             return data
+        if isinstance(data, list):
+            return _messages(data, stripped)
         if isinstance(data, dict):
+            if isinstance(data.get("messages"), list):
+                return _messages(data["messages"], stripped)
             for key in ("prompt", "text", "content"):
                 if isinstance(data.get(key), str):
                     return data[key]
-            raise ValueError(f"JSON line without a \"prompt\", \"text\" or \"content\" string: "
-                             f"{stripped[:80]}")
+            raise ValueError(f"JSON line without a \"prompt\", \"text\" or \"content\" string "
+                             f"or a \"messages\" list: {stripped[:80]}")
     return stripped
 
 
-def load_prompts(path: str | Path) -> list[str]:
+def _has_text(prompt: Prompt) -> bool:
+    if isinstance(prompt, str):
+        return bool(prompt.strip())
+    return any(message["content"].strip() for message in prompt)
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
     """Prompts from a file: one per line, or JSON Lines; blank lines are skipped."""
     file = Path(path)
     try:
@@ -119,36 +152,8 @@ def load_prompts(path: str | Path) -> list[str]:
             prompt = _parse_line(line)
         except ValueError as exc:
             raise ValueError(f"{file}:{number}: {exc}") from None
-        if prompt.strip():
+        if _has_text(prompt):
             prompts.append(prompt)
     if not prompts:
         raise ValueError(f"prompts file {file} has no prompts")
     return prompts
-
-
-class PromptSet:
-    """Hands out prompt number i for request number i (warm-ups included)."""
-
-    def __init__(self, *, tokens: int = 250, kind: str = "random", seed: int = 0,
-                 prompts: Sequence[str] | None = None) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown prompt kind {kind!r}: expected one of {', '.join(KINDS)}")
-        if tokens < 1:
-            raise ValueError("the input length must be at least 1 token")
-        self.tokens = tokens
-        self.kind = "file" if prompts else kind
-        self.seed = seed
-        self._prompts = list(prompts) if prompts else None
-        self._fixed = fixed_prompt(tokens) if kind == "fixed" else None
-
-    def __getitem__(self, index: int) -> str:
-        if self._prompts is not None:
-            return self._prompts[index % len(self._prompts)]
-        if self._fixed is not None:
-            return self._fixed
-        return random_prompt(self.tokens, self.seed, index)
-
-    def describe(self) -> str:
-        if self._prompts is not None:
-            return f"{len(self._prompts)} prompts from a file"
-        return f"{self.kind}, ~{self.tokens} tokens"
