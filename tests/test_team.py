@@ -233,3 +233,19 @@ def test_keys_cli_reads_corral_keys_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert main(["keys", "create", "bad name"]) == 1
     assert "invalid key name" in capsys.readouterr().err
     assert os.environ["CORRAL_KEYS_FILE"] == str(path)
+
+
+def test_access_log_to_a_file_or_off(tmp_path: Path) -> None:
+    from gateway.accesslog import AccessLog
+
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    log.write({"key": "alice", "status": 200})
+    log.write({"key": "bob", "status": 429})
+    log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["key"], e["status"]) for e in lines] == [("alice", 200), ("bob", 429)]
+    assert all(e["time"].endswith("Z") for e in lines)
+    off = AccessLog("off")
+    off.write({"key": "carol"})  # nowhere, and no error
+    assert not off.enabled
