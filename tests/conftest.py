@@ -12,13 +12,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
+
+from runner.inventory import read_inventory
+from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0
@@ -39,6 +43,33 @@ class LiveServer:
         except psutil.NoSuchProcess:
             return []
         return [c.pid for c in children if "runner.worker" in " ".join(c.cmdline())]
+
+    def ps(self, model: str) -> dict[str, Any] | None:
+        """The model's /api/ps entry, or None when it is not loaded."""
+        models = httpx.get(self.url + "/api/ps", timeout=30).json()["models"]
+        return next((m for m in models if m["name"] == model), None)
+
+    def wait_ps(self, model: str, ready: Callable[[dict[str, Any] | None], bool],
+                timeout: float = 120.0) -> dict[str, Any] | None:
+        """Poll /api/ps until `ready(entry)` holds, and return that entry. Tests order their
+        steps by the server's state, never by sleeping, so a faster or a busier machine goes
+        through the same sequence; the deadline only stops a test that would hang."""
+        deadline = time.monotonic() + timeout
+        while not ready(entry := self.ps(model)):
+            if time.monotonic() > deadline:
+                pytest.fail(f"/api/ps did not reach the expected state in {timeout:.0f}s: {entry}")
+            time.sleep(0.05)
+        return entry
+
+    def real_gpus(self) -> int:
+        """How many GPUs this server really places models on: 0 on a CPU machine, with
+        OLLAMA_LLM_LIBRARY=cpu, or with simulated GPUs (CORRAL_GPUS), where models run on the CPU.
+        CPU-only expectations (size_vram 0, no GPUs in /api/ps) hold only when this is 0."""
+        settings = Settings.from_env(self.env)
+        if settings.gpus_file is not None:
+            return 0
+        return len(read_inventory(cpu_only=settings.cpu_only,
+                                  cuda_visible_devices=settings.cuda_visible_devices).gpus)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

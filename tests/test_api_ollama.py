@@ -97,12 +97,13 @@ def test_embed(client: ollama.Client) -> None:
     assert len(cut) == 64 and abs(sum(v * v for v in cut) - 1.0) < 1e-3
 
 
-def test_ps_after_use(client: ollama.Client) -> None:
+def test_ps_after_use(client: ollama.Client, corral_server: LiveServer) -> None:
     client.generate(MODEL, "hi", options={"num_predict": 1})
     running = {m.model: m for m in client.ps().models}
     assert MODEL in running
     assert running[MODEL].context_length >= 4096  # a larger loaded context is reused
-    assert running[MODEL].size_vram == 0
+    if not corral_server.real_gpus():  # on a GPU machine the model is (partly) in VRAM
+        assert running[MODEL].size_vram == 0
     assert running[MODEL].size > 250_000_000
 
 

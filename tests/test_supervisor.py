@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -66,7 +67,7 @@ def test_idle_runner_is_evicted_busy_one_is_not(one_model_server: LiveServer) ->
     # Busy: a long request keeps its runner; the other model waits for it, then loads.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         busy = pool.submit(generate, server, "variant:test", 150)
-        time.sleep(1.0)
+        server.wait_ps("variant:test", corral_ps(active=1))
         waiting = pool.submit(generate, server, MODEL, 2)
         long_reply = busy.result()
         assert long_reply.status_code == 200 and long_reply.json()["eval_count"] == 150
@@ -74,14 +75,28 @@ def test_idle_runner_is_evicted_busy_one_is_not(one_model_server: LiveServer) ->
     assert waiting.result().json()["load_duration"] > 0
 
 
+def hold(server: LiveServer, model: str) -> contextlib.AbstractContextManager[httpx.Response]:
+    """A streamed request that keeps generating until the `with` block leaves it (which
+    cancels it): it holds a slot for exactly as long as a test needs, on any machine."""
+    return httpx.stream("POST", server.url + "/api/generate", timeout=120, json={
+        "model": model, "prompt": "1, 2, 3,", "raw": True,
+        "options": {"num_predict": 100_000, "temperature": 0}})
+
+
+def corral_ps(**expect: int) -> Callable[[dict | None], bool]:
+    """A predicate for `wait_ps`: the model is loaded and these `corral` fields have these
+    values (active=1, queued=1, replicas=2, ...)."""
+    return lambda e: e is not None and all(e["corral"][k] == v for k, v in expect.items())
+
+
 def test_queue_overflow_is_503(one_model_server: LiveServer) -> None:
     server = one_model_server
     assert generate(server, MODEL, 1).status_code == 200  # loaded: 1 slot, queue of 1
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        running = pool.submit(generate, server, MODEL, 200)
-        time.sleep(0.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, hold(server, MODEL) as running:
+        assert running.status_code == 200
+        server.wait_ps(MODEL, corral_ps(active=1, queued=0))
         queued = pool.submit(generate, server, MODEL, 2)
-        time.sleep(0.5)
+        server.wait_ps(MODEL, corral_ps(active=1, queued=1))  # the queue is full
         rejected = generate(server, MODEL, 2)
         assert rejected.status_code == 503
         assert "maximum pending requests exceeded" in rejected.json()["error"]
@@ -92,7 +107,9 @@ def test_queue_overflow_is_503(one_model_server: LiveServer) -> None:
         assert busy.status_code == 503
         assert busy.json()["error"]["type"] == "api_error"
         assert "maximum pending requests" in busy.json()["error"]["message"]
-        assert running.result().status_code == 200 and queued.result().status_code == 200
+        assert not queued.done()  # still waiting for the slot
+        running.close()  # leaving the stream frees the slot for the queued request
+        assert queued.result().status_code == 200
 
 
 def test_ps_shows_placement(corral_server: LiveServer) -> None:
@@ -100,7 +117,10 @@ def test_ps_shows_placement(corral_server: LiveServer) -> None:
     [entry] = [m for m in httpx.get(corral_server.url + "/api/ps").json()["models"]
                if m["name"] == MODEL]
     extra = entry["corral"]
-    assert extra["gpus"] == [] and extra["gpu_layers"] == 0 and extra["parallel"] >= 1
+    assert extra["parallel"] >= 1
+    if not corral_server.real_gpus():  # a CPU machine: nothing planned on or measured in VRAM
+        assert extra["gpus"] == [] and extra["gpu_layers"] == 0 and entry["size_vram"] == 0
+        assert [r["device"] for r in extra["runners"]] == ["cpu"]
     assert extra["estimate"]["total"] == entry["size"]
     assert extra["measured"]["rss"] > 100 * 1024**2  # the loaded runner, really measured
     assert extra["measured"]["weights"] == extra["estimate"]["weights"]
@@ -137,12 +157,17 @@ def test_hot_model_gets_a_replica_on_another_gpu(models_dir: Path, tmp_path: Pat
     try:
         assert generate(server, MODEL, 1).status_code == 200
         assert ps_entry()["corral"]["replicas"] == 1
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            wave = [pool.submit(generate, server, MODEL, 16) for _ in range(6)]
-            assert all(f.result().status_code == 200 for f in wave)
-        deadline = time.monotonic() + 60
-        while (entry := ps_entry())["corral"]["replicas"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        # One request in the slot and one queued behind it: the queue stays long (as many
+        # waiting as slots) until the replica is there, however fast this machine decodes.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, hold(server, MODEL) as first:
+            assert first.status_code == 200
+            server.wait_ps(MODEL, corral_ps(active=1))
+            second = pool.submit(generate, server, MODEL, 4)
+            server.wait_ps(MODEL, corral_ps(active=1, queued=1))
+            entry = server.wait_ps(MODEL, corral_ps(replicas=2))
+            first.close()  # the queued request gets the slot
+            assert second.result().status_code == 200
+        assert entry is not None
         extra = entry["corral"]
         assert extra["replicas"] == 2 and extra["gpus"] == [0, 1]
         pids = [r["pid"] for r in extra["runners"]]
@@ -188,27 +213,63 @@ def test_plan_command(models_dir: Path, tmp_path: Path) -> None:
     assert table.returncode == 0 and "GPU 0" in table.stdout
 
 
+def gpu_memory_used() -> int:
+    """Bytes in use on every GPU, as the driver reports them (NVML)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        return sum(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
+                   for i in range(pynvml.nvmlDeviceGetCount()))
+    finally:
+        pynvml.nvmlShutdown()
+
+
 @pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs an NVIDIA GPU")
 def test_layers_on_a_real_gpu(corral_server: LiveServer) -> None:
-    """Runs only where an NVIDIA GPU is present and llama-cpp-python was built with CUDA."""
+    """Runs only where an NVIDIA GPU is present and llama-cpp-python was built with CUDA.
+
+    `size_vram` comes from the plan; what is checked is where the runner really put the model:
+    its own report of the device, and the GPU memory it holds."""
     import llama_cpp
 
     if not llama_cpp.llama_supports_gpu_offload():
         pytest.skip("llama-cpp-python was built without GPU support (see README)")
+    assert corral_server.real_gpus() > 0
+    unloaded = httpx.post(corral_server.url + "/api/generate", timeout=60,
+                          json={"model": MODEL, "keep_alive": 0})
+    assert unloaded.json()["done_reason"] == "unload"
+    before = gpu_memory_used()
     assert generate(corral_server, MODEL, 2).status_code == 200
-    [entry] = [m for m in httpx.get(corral_server.url + "/api/ps").json()["models"]
-               if m["name"] == MODEL]
-    assert entry["size_vram"] > 0
+    grown = gpu_memory_used() - before
+    entry = corral_server.ps(MODEL)
+    assert entry is not None and entry["size_vram"] > 0
+    extra = entry["corral"]
+    assert extra["gpus"] and extra["gpu_layers"] == extra["total_layers"]
+    assert all(r["device"].startswith("gpu:") for r in extra["runners"]), extra["runners"]
+    # Measured by NVML: the runner's own memory (0 where the container hides its PID from
+    # NVML), or else what the GPUs gained while it loaded (weights, KV cache, CUDA context).
+    measured = extra["measured"]["vram"] or 0
+    assert measured > 0 or grown > 64 * 1024**2, (measured, grown)
 
 
 def test_smaller_num_ctx_reuses_the_loaded_runner(corral_server: LiveServer) -> None:
-    def ask(num_ctx: int) -> httpx.Response:
-        return httpx.post(corral_server.url + "/api/generate", timeout=120, json={
+    """Independent of what earlier tests left loaded: it unloads the model first, and follows
+    this model's runner (not every runner of the server) through /api/ps."""
+    def ask(num_ctx: int) -> tuple[int, int]:
+        reply = httpx.post(corral_server.url + "/api/generate", timeout=120, json={
             "model": MODEL, "prompt": "Hi", "stream": False,
             "options": {"num_predict": 1, "num_ctx": num_ctx}})
-    assert ask(4096).status_code == 200
-    before = corral_server.runner_pids()
-    assert ask(1024).status_code == 200  # fits in the loaded 4096: no reload
-    assert corral_server.runner_pids() == before
-    assert ask(8192).status_code == 200  # needs more: reloaded
-    assert corral_server.runner_pids() != before
+        assert reply.status_code == 200, reply.text
+        entry = corral_server.ps(MODEL)
+        assert entry is not None
+        return entry["corral"]["pid"], entry["context_length"]
+
+    unloaded = httpx.post(corral_server.url + "/api/generate", timeout=60,
+                          json={"model": MODEL, "keep_alive": 0})
+    assert unloaded.json()["done_reason"] == "unload" and corral_server.ps(MODEL) is None
+    pid, ctx = ask(4096)
+    assert ctx == 4096
+    assert ask(1024) == (pid, 4096)  # fits in the loaded 4096: no reload
+    bigger, ctx = ask(8192)  # needs more: reloaded
+    assert bigger != pid and ctx == 8192
