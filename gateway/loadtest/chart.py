@@ -10,6 +10,7 @@ solid with circles and B dashed with squares.
 from __future__ import annotations
 
 import io
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,31 @@ def _legend(ax: Any, compare: bool) -> None:
         ax.legend(handles, labels, fontsize="x-small")
 
 
+def _ticks(xs: list[float], log: bool) -> list[float]:
+    """The levels to label, leaving out any too close to the previous one to read (a
+    --find-max search bisects down to levels a few percent apart)."""
+    ticks: list[float] = []
+    span = (math.log(max(xs)) - math.log(min(xs))) if log else max(xs) - min(xs)
+    for x in sorted(set(xs)):
+        if ticks:
+            gap = (math.log(x) - math.log(ticks[-1])) if log else x - ticks[-1]
+            if gap < span / 12:
+                continue
+        ticks.append(x)
+    return ticks
+
+
 def _load_axis(ax: Any, xs: list[float], mode: str) -> None:
+    from matplotlib.ticker import NullLocator
+
     ax.set_xlabel("concurrency" if mode == "concurrency" else "request rate asked (req/s)")
-    if xs and max(xs) / min(xs) >= 4:
+    log = bool(xs) and max(xs) / min(xs) >= 4
+    if log:
         ax.set_xscale("log", base=2)
     if xs:
-        ticks = sorted(set(xs))
+        ticks = _ticks(xs, log)
         ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, alpha=0.3)
 
 
