@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install llama run test lint bench clean
+.PHONY: install llama run test lint bench soak soak-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ test: lint
 
 bench: install
 	$(BIN)/python -m tests.bench
+
+# The soak suite (tests/soak/, one table) and a long schemathesis run against /openapi.json:
+# tens of minutes, loopback only, not part of `make test`. soak-quick is the two-minute version
+# that CI runs (.ci/run). The full-disk scenario mounts a tmpfs: it needs root on Linux.
+soak: install
+	$(BIN)/python -m tests.soak
+	$(BIN)/python -m tests.fuzz --max-examples 100 --max-time 900
+
+soak-quick: install
+	$(BIN)/python -m tests.soak --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -500,9 +500,12 @@ class RunnerPool:
             for entry in self.entries():
                 if not entry.runner.alive:
                     self._drop(entry)
-                elif not await entry.runner.health():
+                elif not await entry.runner.health(self.settings.health_timeout):
                     log.error("%s: runner pid %s stopped answering; killing it", entry.name,
                               entry.runner.pid)
+                    # What its requests are told (instead of "killed by SIGKILL").
+                    entry.runner.dead = (f"the runner stopped answering (no health reply in "
+                                         f"{self.settings.health_timeout:g}s) and was replaced")
                     entry.runner.kill_now()
                     self._drop(entry)
 

@@ -181,6 +181,9 @@ class Settings:
     models: Path = field(default_factory=lambda: Path.home() / ".ollama" / "models")
     keep_alive: float = DEFAULT_KEEP_ALIVE
     load_timeout: float = 300.0
+    # CORRAL_HEALTH_TIMEOUT: a runner that does not answer a health check in this long is killed
+    # and replaced (one decode step of a large batch on a slow CPU must fit in it).
+    health_timeout: float = 30.0
     num_parallel: int = 0  # 0 = decide automatically
     max_loaded_models: int = 0  # 0 = 3 x max(number of GPUs, 1)
     max_queue: int = 512
@@ -222,7 +225,8 @@ class Settings:
             kwargs["origins"] = tuple(o.strip() for o in raw.split(",") if o.strip())
         if raw := get("OLLAMA_MODELS"):
             kwargs["models"] = Path(raw).expanduser()
-        durations = (("OLLAMA_KEEP_ALIVE", "keep_alive"), ("OLLAMA_LOAD_TIMEOUT", "load_timeout"))
+        durations = (("OLLAMA_KEEP_ALIVE", "keep_alive"), ("OLLAMA_LOAD_TIMEOUT", "load_timeout"),
+                     ("CORRAL_HEALTH_TIMEOUT", "health_timeout"))
         for var, key in durations:
             if raw := get(var):
                 try:
@@ -232,6 +236,9 @@ class Settings:
                         f"{var}={raw!r}: expected a duration such as 5m, 1h30m, 300s, "
                         "a number of seconds, or a negative value for forever"
                     ) from None
+        if not 0 < float(kwargs.get("health_timeout", 1)) < float("inf"):  # type: ignore[arg-type]
+            raise ConfigError(f"CORRAL_HEALTH_TIMEOUT={get('CORRAL_HEALTH_TIMEOUT')!r}: expected "
+                              "a positive duration such as 30s")
         if raw := get("OLLAMA_NUM_PARALLEL"):
             kwargs["num_parallel"] = _parse_int("OLLAMA_NUM_PARALLEL", raw, minimum=0)
         if raw := get("OLLAMA_MAX_LOADED_MODELS"):

@@ -109,8 +109,17 @@ def test_values_from_env(tmp_path: Path) -> None:
     ("OLLAMA_GPU_OVERHEAD", "lots"),
     ("OLLAMA_DEBUG", "loud"),
     ("CORRAL_MAX_REPLICAS", "0"),
+    ("CORRAL_HEALTH_TIMEOUT", "0"),
+    ("CORRAL_HEALTH_TIMEOUT", "-1"),
+    ("CORRAL_HEALTH_TIMEOUT", "soon"),
 ])
 def test_malformed_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:
         Settings.from_env({name: value})
     assert name in str(err.value)
+
+
+def test_health_timeout_is_a_duration() -> None:
+    assert Settings.from_env({}).health_timeout == 30.0
+    assert Settings.from_env({"CORRAL_HEALTH_TIMEOUT": "1m"}).health_timeout == 60.0
+    assert Settings.from_env({"CORRAL_HEALTH_TIMEOUT": "2.5"}).health_timeout == 2.5

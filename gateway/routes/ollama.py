@@ -337,6 +337,9 @@ async def ps(request: Request) -> Response:
                 "expires_at": rfc3339_nano(_expiry_ns(entry.expires_at)),
                 "measured": {"rss": entry.measured_rss(),
                              "vram": None if vram is None else vram.get(pid or 0, 0)},
+                # The runner's own count at its last health check (every few seconds): busy
+                # slots, and requests queued or being prepared there.
+                "reported": _reported(entry.runner.last_health),
             })
         # Sizes add up over replicas: each holds its own copy of the model.
         size = sum(e.estimate.total for e in group)
@@ -377,6 +380,12 @@ async def ps(request: Request) -> Response:
             },
         })
     return json_response({"models": models})
+
+
+def _reported(health: p.HealthReply | None) -> dict[str, int] | None:
+    if health is None:
+        return None
+    return {"active": health.active, "queued": health.queued}
 
 
 def _expiry_ns(expires_at: float) -> int:
