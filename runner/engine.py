@@ -25,6 +25,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from runner import longtext
 from runner.cpusafety import cpu_config, inject_fault
 from runner.embedding import Embedder
 from runner.fairqueue import FairQueue
@@ -308,7 +309,18 @@ class Engine:
                                    family=self.architecture, bos_token=self.bos_text,
                                    eos_token=self.eos_text, tools=request.tools,
                                    variables=request.template_vars)
-        return self.tokenize(rendered.text), rendered.stops
+        # Only a chat that cannot shrink by whole messages may be cut from its ends.
+        whole = all(m.get("role") == "system" for m in messages[:-1])
+        return self._tokens(rendered.text, request, may_cut=whole), rendered.stops
+
+    def _tokens(self, text: str, request: p.Generate, *, may_cut: bool = True) -> list[int]:
+        """The text's tokens; of a text far longer than the context that is cut anyway, only
+        those the cut keeps, read off its two ends (runner/longtext.py)."""
+        if may_cut and request.truncate and not request.context and \
+                longtext.is_long(text, self.n_ctx):
+            num_keep, keep_tail = self._cut(int(request.options.get("num_keep", 4)))
+            return longtext.kept_tokens(self.tokenize, text, num_keep, keep_tail)
+        return self.tokenize(text)
 
     def prompt_tokens(self, request: p.Generate) -> tuple[list[int], tuple[str, ...]]:
         """Tokens for the request (fitted to the context), and its format's stop strings."""
@@ -326,7 +338,7 @@ class Engine:
                 del messages[droppable[0]]
                 tokens, stops = self._render(messages, request)
         else:
-            tokens = self.tokenize(request.prompt or "")
+            tokens = self._tokens(request.prompt or "", request)
         if request.context:
             # /api/generate's deprecated `context` (without BOS, as Ollama sends it back): BOS,
             # the earlier tokens, then the new ones.
@@ -344,10 +356,15 @@ class Engine:
 
     def _truncate(self, tokens: list[int], num_keep: int) -> list[int]:
         """Keep the first num_keep tokens and the newest ones, leaving room to generate."""
+        num_keep, keep_tail = self._cut(num_keep)
+        return tokens[:num_keep] + tokens[-keep_tail:]
+
+    def _cut(self, num_keep: int) -> tuple[int, int]:
+        """How many tokens a cut prompt keeps from its start and from its end."""
         if num_keep < 0 or num_keep >= self.n_ctx:
             num_keep = self.n_ctx // 4
         keep_tail = max(1, self.n_ctx - num_keep - max((self.n_ctx - num_keep) // 2, 1))
-        return tokens[:num_keep] + tokens[-keep_tail:]
+        return num_keep, keep_tail
 
     def submit(self, request: p.Generate) -> None:
         """Queue a generation; raises CorralError for a request that cannot run."""

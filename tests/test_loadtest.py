@@ -865,6 +865,10 @@ def test_chart_and_html_page(tmp_path: Path) -> None:
     assert page.svg_in_figure and page.svg_paths > 50
     assert page.title.startswith("corral bench: m vs m")
     assert page.external == []  # self-contained: nothing to fetch
+    write_html(_report(), tmp_path / "skipped.html")  # a closed loop, a level out of time
+    rows = _parse_page((tmp_path / "skipped.html").read_text()).tables["results"]["rows"]
+    assert rows[0] == table_rows(_report())[0]
+    assert rows[2] == ["4", "skipped (out of time)"]  # one cell across the row
 
 
 class _Page(HTMLParser):

@@ -34,6 +34,7 @@ table.results td { text-align: right; }
 table.results th { background: #f3f4f6; position: sticky; top: 0; }
 table.results tr.ratio td { color: #555; font-style: italic; background: #fafafa; }
 table.results tr.skipped td { color: #999; }
+table.results tr.skipped td[colspan] { text-align: left; font-style: italic; }
 table.kv th { text-align: left; font-weight: 600; padding-right: 1.2rem; }
 .wide { overflow-x: auto; }
 figure { margin: 0; }
@@ -90,12 +91,13 @@ def _results_table(report: BenchReport) -> str:
     body = []
     compare = len(report.servers) > 1
     for row in table_rows(report):
-        css = ""
-        if compare and row[1] == "B/A":
-            css = ' class="ratio"'
-        elif any("skipped" in cell for cell in row):
+        css = ' class="ratio"' if compare and row[1] == "B/A" else ""
+        cells = [f"<td>{escape(cell)}</td>" for cell in row]
+        note = next((i for i, cell in enumerate(row) if cell.startswith("skipped")), None)
+        if note is not None:  # one cell across the rest of the row
             css = ' class="skipped"'
-        body.append(f"<tr{css}>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>")
+            cells = cells[:note] + [f'<td colspan="{len(row) - note}">{escape(row[note])}</td>']
+        body.append(f"<tr{css}>{''.join(cells)}</tr>")
     return (f'<div class="wide"><table class="results" id="results"><thead><tr>{head}</tr>'
             f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
