@@ -227,6 +227,30 @@ COMPONENTS: dict[str, Schema] = {
 }
 
 
+# One example per request body: documentation for clients, and the first cases schemathesis
+# sends (its "examples" phase).
+_MODEL = "gemma3:270m"
+_USER = [{"role": "user", "content": "Why is the sky blue?"}]
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "ShowRequest": {"model": _MODEL},
+    "GenerateRequest": {"model": _MODEL, "prompt": "Why is the sky blue?", "stream": False,
+                        "options": {"num_predict": 16}},
+    "ChatRequest": {"model": _MODEL, "messages": _USER, "options": {"num_predict": 16}},
+    "EmbedRequest": {"model": _MODEL, "input": ["Why is the sky blue?", "Rayleigh scattering"]},
+    "EmbeddingsRequest": {"model": _MODEL, "prompt": "Why is the sky blue?"},
+    "CopyRequest": {"source": _MODEL, "destination": "my-gemma:latest"},
+    "DeleteRequest": {"model": "my-gemma:latest"},
+    "CreateRequest": {"model": "my-gemma", "from": _MODEL, "system": "Answer briefly."},
+    "TransferRequest": {"model": "registry.example.com/library/my-gemma:latest"},
+    "ChatCompletionRequest": {"model": _MODEL, "messages": _USER, "max_tokens": 16},
+    "CompletionRequest": {"model": _MODEL, "prompt": "The sky is blue because",
+                          "max_tokens": 16},
+    "EmbeddingRequest": {"model": _MODEL, "input": "Why is the sky blue?"},
+}
+for _name, _example in EXAMPLES.items():
+    COMPONENTS[_name]["examples"] = [_example]
+
+
 def _sse(chunk: str) -> Schema:
     """One server-sent event (OpenAPI 3.1 reads an SSE schema per event): JSON data holding a
     chunk (or, mid-stream, an error), or the closing `[DONE]`."""

@@ -169,3 +169,34 @@ def test_context_goes_out_without_bos_and_comes_back_with_one(engine, intake: In
     older = engine.prepare(p.Generate(72, prompt=" blue", options=GREEDY,
                                       context=[bos, *done.context]))
     assert older.prompt == again.prompt
+
+
+def _full_then_cut(engine, text: str, *, chat: bool) -> list[int]:  # noqa: ANN001
+    """What the engine gave before runner/longtext.py: every token, then the cut."""
+    if chat:
+        from runner.prompt import render_messages
+        text = render_messages([{"role": "user", "content": text}], chat_template=None,
+                               family=engine.architecture).text
+    return engine._truncate(engine.tokenize(text), 4)
+
+
+def test_a_huge_prompt_is_cut_from_its_ends_to_the_same_tokens(engine) -> None:  # noqa: ANN001
+    text = "".join(f"Line {i}: the river bends, the bridge holds, the town sleeps. "
+                   for i in range(8000))  # ~500 KB, far beyond 512 tokens
+    from runner import longtext
+    assert longtext.is_long(text, engine.n_ctx)
+    raw = engine.prepare(p.Generate(80, prompt=text, options=GREEDY)).prompt
+    assert raw == _full_then_cut(engine, text, chat=False)
+    chat = engine.prepare(p.Generate(81, messages=[{"role": "user", "content": text}],
+                                     options=GREEDY)).prompt
+    assert chat == _full_then_cut(engine, text, chat=True)
+    assert len(raw) < engine.n_ctx
+
+
+def test_a_long_chat_still_drops_whole_messages(engine) -> None:  # noqa: ANN001
+    old = "Old news about rivers and bridges. " * 20_000  # huge, but droppable
+    messages = [{"role": "user", "content": old}, {"role": "assistant", "content": "Ok."},
+                {"role": "user", "content": "What now?"}]
+    seq = engine.prepare(p.Generate(82, messages=messages, options=GREEDY))
+    text = b"".join(engine.piece(t) for t in seq.prompt).decode("utf-8", "replace")
+    assert "Old news" not in text and "What now?" in text

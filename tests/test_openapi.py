@@ -57,6 +57,15 @@ def test_schemas_are_valid_and_references_resolve(app_routes: list[Any]) -> None
     assert {ref.rsplit("/", 1)[1] for ref in _refs(document)} <= names
 
 
+def test_request_examples_follow_their_schemas(app_routes: list[Any]) -> None:
+    document = openapi.build(app_routes)
+    for name, example in openapi.EXAMPLES.items():
+        schema = {**document["components"]["schemas"][name],
+                  "components": document["components"]}
+        jsonschema.Draft202012Validator(schema).validate(example)
+        assert document["components"]["schemas"][name]["examples"] == [example]
+
+
 def test_options_follow_the_gateways_option_types() -> None:
     options = openapi.COMPONENTS["Options"]["properties"]
     assert options["num_ctx"] == {"type": "integer"} and options["top_p"] == {"type": "number"}
@@ -138,3 +147,22 @@ def test_the_checker_catches_a_reply_that_does_not_match(document: dict[str, Any
 def test_readme_links_the_document() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "/openapi.json" in readme
+
+
+@pytest.mark.e2e
+def test_unknown_roles_are_openais_400_and_pass_through_on_api_chat(
+        corral_server: LiveServer) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=corral_server.url + "/v1", api_key="unused")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[  # type: ignore[list-item]
+            {"role": "user", "content": "hi"}, {"role": "wizard", "content": "hi"}])
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == "messages[1].role" and error["code"] == "invalid_value"
+    assert error["message"].startswith("Invalid value: 'wizard'. Supported values are: 'system'")
+    native = httpx.post(corral_server.url + "/api/chat", timeout=120, json={
+        "model": MODEL, "stream": False, "options": SHORT,
+        "messages": [{"role": "wizard", "content": "hi"}]})
+    assert native.status_code == 200  # Ollama passes roles to the template
