@@ -104,7 +104,7 @@ def test_sampling_parameters_round_trip(client: openai.OpenAI) -> None:
     cut = client.chat.completions.create(**greedy, stop=[stop, "\n\n\n"]).choices[0]
     assert cut.message.content == whole[:whole.index(stop)] and cut.finish_reason == "stop"
 
-    # The same seed at temperature 1 samples the same text; the penalties and top_p are taken.
+    # The same seed at temperature 1 samples the same text; other seeds sample other texts.
     sampled = dict(model=MODEL, messages=ASK, max_tokens=12, temperature=1.0, top_p=0.9,
                    frequency_penalty=0.5, presence_penalty=0.5, user="someone")
     first = client.chat.completions.create(**sampled, seed=7).choices[0].message.content
@@ -113,6 +113,28 @@ def test_sampling_parameters_round_trip(client: openai.OpenAI) -> None:
     others = {client.chat.completions.create(**sampled, seed=s).choices[0].message.content
               for s in (8, 9, 10)}
     assert others != {first}
+
+
+def test_each_sampling_parameter_changes_the_text(client: openai.OpenAI) -> None:
+    """Each of top_k, top_p, min_p and the penalties reaches the sampler: the same seeded
+    request with and without it gives another text (a dropped parameter gives the same one).
+    Only seeded requests are compared: their prompts are read in one fixed layout, so their
+    logits, unlike a greedy request's, do not depend on what the cache held before."""
+    def ask(seed: int, **extra: object) -> str:
+        reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=12,
+                                               temperature=1.0, seed=seed, **extra)
+        return reply.choices[0].message.content
+
+    first, second = ask(7), ask(8)
+    assert first != second  # at temperature 1 the seed decides what is drawn
+    # Truncation to the single most likely token leaves the seed nothing to choose from.
+    for truncate in ({"extra_body": {"top_k": 1}}, {"top_p": 0.01},
+                     {"extra_body": {"min_p": 1.0}}):
+        assert ask(7, **truncate) == ask(8, **truncate), truncate
+    # Penalties on tokens already seen (the prompt's, the reply's) change what is drawn.
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0},
+                    {"extra_body": {"repeat_penalty": 2.0}}):
+        assert ask(7, **penalty) != first, penalty
 
 
 def test_ollama_options_as_extra_body(client: openai.OpenAI, corral_server: LiveServer) -> None:
