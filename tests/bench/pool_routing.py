@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -52,6 +54,7 @@ from registry.store import Store
 from tests.conftest import LiveServer, start_server
 
 MODEL = "gemma3:270m"
+TRACE = False  # --trace: each pick and the (waiting, KV use) it saw, on stderr
 PROMPT = "The three most useful things to know about running a small language model are"
 
 
@@ -85,6 +88,10 @@ async def pick_by_metrics(http: httpx.AsyncClient, pool: list[Instance]) -> Inst
     scores = await asyncio.gather(*(scrape(http, instance) for instance in pool))
     # Ties (idle servers) go to a random one, as the picker chooses among equal scores.
     best = min(range(len(pool)), key=lambda i: (*scores[i], random.random()))
+    if TRACE:
+        print("pick", pool[best].name, " ".join(f"{i.name}:{w:g}/{kv:.3f}"
+                                                for i, (w, kv) in zip(pool, scores, strict=True)),
+              file=sys.stderr)
     return pool[best]
 
 
@@ -120,12 +127,13 @@ def round_robin(pool: list[Instance]) -> Callable:
 
 
 @contextlib.contextmanager
-def slowed(instance: Instance, factor: float, period: float = 0.2) -> Iterator[None]:
+def slowed(instance: Instance, factor: float, period: float = 0.2) -> Iterator[set[int]]:
     """Let the instance's runners compute only 1/factor of each period (SIGSTOP, then SIGCONT),
     and always leave them running. The runner PIDs are looked up again every cycle, so a runner
     the server restarts is slowed too."""
     done = threading.Event()
     pids: list[int] = []
+    seen: set[int] = set()
 
     def signal_all(sig: signal.Signals) -> None:
         for pid in pids:
@@ -134,7 +142,9 @@ def slowed(instance: Instance, factor: float, period: float = 0.2) -> Iterator[N
 
     def duty_cycle() -> None:
         while not done.is_set():
-            pids[:] = instance.server.runner_pids()
+            with contextlib.suppress(psutil.Error):  # a runner that just died: next cycle
+                pids[:] = instance.server.runner_pids()
+                seen.update(pids)
             signal_all(signal.SIGSTOP)
             done.wait(period * (1 - 1 / factor))
             signal_all(signal.SIGCONT)
@@ -143,7 +153,7 @@ def slowed(instance: Instance, factor: float, period: float = 0.2) -> Iterator[N
     thread = threading.Thread(target=duty_cycle, daemon=True)
     thread.start()
     try:
-        yield
+        yield seen
     finally:
         done.set()
         thread.join()
@@ -161,7 +171,10 @@ def main() -> int:
                         help="OLLAMA_NUM_PARALLEL of the slowed server")
     parser.add_argument("--slow-factor", type=float, default=10.0,
                         help="the slowed instance computes 1/F of the time")
+    parser.add_argument("--trace", action="store_true", help="print each metrics pick")
     args = parser.parse_args()
+    global TRACE
+    TRACE = args.trace
     err = Console(stderr=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,11 +190,13 @@ def main() -> int:
                                       OLLAMA_NUM_PARALLEL=str(slots),
                                       OLLAMA_KEEP_ALIVE="30m")
                 pool.append(Instance(name, server))
-                httpx.post(server.url + "/api/generate", timeout=300, json={
-                    "model": MODEL, "prompt": "Hi", "stream": False,
-                    "options": {"num_predict": 1}}).raise_for_status()  # load the runner
+                # Load the runner with the options the requests use (num_thread is a load
+                # option: another value would reload it under the first measured request).
+                httpx.post(server.url + "/v1/completions", timeout=300, json={
+                    "model": MODEL, "prompt": "Hi", "max_tokens": 1,
+                    "num_thread": 1}).raise_for_status()
             load_before = os.getloadavg()[0]
-            with slowed(pool[2], args.slow_factor):
+            with slowed(pool[2], args.slow_factor) as slowed_pids:
                 for label, choose in (("metrics", pick_by_metrics),
                                       ("round-robin", round_robin(pool))):
                     err.print(f"{label}: {args.requests} requests, {args.concurrency} in flight",
@@ -191,6 +206,9 @@ def main() -> int:
         finally:
             for instance in pool:
                 instance.server.stop()
+                for line in instance.server.log.read_text().splitlines():
+                    if " WARNING " in line or " ERROR " in line:  # e.g. a runner that died
+                        err.print(f"{instance.name}: {line}", style="yellow", highlight=False)
             for label, (samples, _) in results.items():
                 for sample in samples:
                     if sample.error:
@@ -218,7 +236,9 @@ def main() -> int:
                       str(len(every) - len(samples)))
     Console().print(table)
     Console().print(f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-                    f"after, on {os.cpu_count()} CPUs", highlight=False)
+                    f"after, on {os.cpu_count()} CPUs; C ran {len(slowed_pids)} runner "
+                    f"process(es) (more than 1: its runner died and was reloaded)",
+                    highlight=False)
     return 0
 
 
