@@ -16,6 +16,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from openai.types.chat.chat_completion import Choice
 
 from tests.conftest import LiveServer
 from tests.test_create import write_tiny_gguf
@@ -89,15 +90,39 @@ def test_tool_calls_stream(client: openai.OpenAI, tools_model: str) -> None:
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+# An earlier exchange that shows the small model how a call looks: it then writes one itself.
+SHOWN_A_CALL = [
+    {"role": "user", "content": "What is the weather in Rome?"},
+    {"role": "assistant", "content": "", "tool_calls": [{
+        "id": "call_rome", "type": "function",
+        "function": {"name": "get_weather", "arguments": json.dumps({"city": "Rome"})}}]},
+    {"role": "tool", "content": "Rainy in Rome", "tool_call_id": "call_rome"},
+    {"role": "assistant", "content": "It is rainy in Rome."},
+    *QUESTION,
+]
+
+
 def test_tool_choice_none_and_auto_answer_in_text(client: openai.OpenAI, tools_model: str
                                                   ) -> None:
+    def ask(messages: list[dict], choice: str) -> Choice:
+        return client.chat.completions.create(  # greedy: OpenAI's default temperature is 1
+            model=tools_model, messages=messages, tools=[WEATHER], tool_choice=choice,
+            max_tokens=32, temperature=0).choices[0]
+
+    # Asked plainly, the model answers in text whatever the choice.
     for choice in ("none", "auto"):
-        reply = client.chat.completions.create(
-            model=tools_model, messages=QUESTION, tools=[WEATHER], tool_choice=choice,
-            max_tokens=8)
-        assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
-        if choice == "none":
-            assert reply.choices[0].message.tool_calls is None
+        answer = ask(QUESTION, choice)
+        assert answer.finish_reason in ("stop", "length") and answer.message.tool_calls is None
+        assert answer.message.content and answer.message.content.strip(), choice
+    # Shown a call, it writes one: "auto" gives it as a tool call ...
+    auto = ask(SHOWN_A_CALL, "auto")
+    assert auto.finish_reason in ("tool_calls", "length")  # as Ollama: "length" passes through
+    [call, *_] = auto.message.tool_calls or [None]
+    assert call is not None and call.function.name == "get_weather"
+    # ... "none" never does: whatever the model writes stays text.
+    none = ask(SHOWN_A_CALL, "none")
+    assert none.finish_reason in ("stop", "length") and none.message.tool_calls is None
+    assert none.message.content and none.message.content.strip()
 
 
 def test_tools_need_a_template_that_can_show_them(client: openai.OpenAI,
