@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from gateway.http import dumps
+from registry.manifest import MEDIA_TEMPLATE, Manifest
+from registry.store import Store
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -109,10 +111,13 @@ def streamed(name: str) -> tuple[dict[str, Any], str]:
 
 @pytest.fixture(scope="module")
 def server(corral_server: LiveServer) -> Any:
-    """The shared server with the recorded model: the bundled GGUF under TEMPLATE {{ .Prompt }}."""
-    reply = httpx.post(corral_server.url + "/api/create", timeout=120, json={
-        "model": NAME, "from": "gemma3:270m", "template": "{{ .Prompt }}", "stream": False})
-    assert reply.status_code == 200, reply.text
+    """The shared server with the recorded model as Ollama stores it: the bundled GGUF under a
+    TEMPLATE layer holding `{{ .Prompt }}`. (corral's own create writes no layer for that
+    template, so the manifest is written here the way Ollama writes it.)"""
+    store = Store(corral_server.models)
+    base = store.get("gemma3:270m").manifest
+    template = store.write_blob_bytes(b"{{ .Prompt }}").layer(MEDIA_TEMPLATE)
+    store.write_manifest(NAME, Manifest(base.config, [*base.layers, template]))
     yield corral_server
     httpx.request("DELETE", corral_server.url + "/api/delete", json={"model": NAME}, timeout=60)
 
