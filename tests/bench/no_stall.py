@@ -16,6 +16,7 @@ to compare before and after a change. The target is a largest gap under 0.5 s.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import sys
@@ -136,8 +137,10 @@ def main() -> int:
         finally:
             server.stop()
 
+    load = os.getloadavg()[1]  # the machine's load (other work slows every figure)
     table = Table(title=f"A running stream's gaps between tokens while a big request arrives "
-                        f"({args.root.name}, bundled model, {args.runs} runs, 2 cores)")
+                        f"({args.root.name}, bundled model, {args.runs} runs, {os.cpu_count()} "
+                        f"cores, load average {load:.1f})")
     for column in ("intruder", "status", "its time (s)", "calm gap p50 (ms)",
                    "largest gap (ms), median [min-max]"):
         table.add_column(column, justify="left" if column == "intruder" else "right")
