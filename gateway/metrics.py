@@ -109,6 +109,8 @@ class ModelState:
     kv_total: int = 0
     runners: int = 0
     resident: int = 0
+    cache_bytes: int = 0  # the runners' prompt caches (runner/promptcache.py)
+    cache_hits: int = 0
 
 
 @dataclass
@@ -137,6 +139,9 @@ class Snapshot:
                 if ready is not None:
                     state.kv_total += ready.n_ctx * ready.parallel
                     state.kv_used += health.kv_used if health is not None else 0
+                if health is not None and len(health.prompt_cache) >= 3:
+                    state.cache_bytes += health.prompt_cache[1]
+                    state.cache_hits += health.prompt_cache[2]
         with contextlib.suppress(Exception):  # no inventory: no GPU series
             inventory = pool.inventory()
             snap.gpus = [(str(g.index), g.used, g.total) for g in inventory.gpus]
@@ -190,6 +195,18 @@ class SupervisorCollector(Collector):
         for model, count in snap.restarts.items():
             restarts.add_metric([model], count)
         yield restarts
+        cache_bytes = GaugeMetricFamily("corral_prompt_cache_bytes",
+                                        "Host RAM the runners' prompt caches hold.",
+                                        labels=["model"])
+        # Counted by each runner since it loaded: a reload starts again from 0 (a counter reset).
+        cache_hits = CounterMetricFamily("corral_prompt_cache_hits",
+                                         "Requests that restored a saved prompt state.",
+                                         labels=["model"])
+        for model, state in models.items():
+            cache_bytes.add_metric([model], state.cache_bytes)
+            cache_hits.add_metric([model], state.cache_hits)
+        yield cache_bytes
+        yield cache_hits
         used_gpu = GaugeMetricFamily("corral_gpu_memory_used_bytes", "GPU memory in use.",
                                      labels=["gpu"])
         total_gpu = GaugeMetricFamily("corral_gpu_memory_total_bytes", "GPU memory.",

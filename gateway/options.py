@@ -97,6 +97,9 @@ def load_request(path: str, options: dict[str, Any], settings: Settings, n_ctx_t
         parallel=options["num_parallel"],
         flash_attention=settings.flash_attention,
         kv_cache_type=settings.kv_cache_type,
+        prompt_cache=settings.prompt_cache,
+        prompt_cache_dir=str(settings.prompt_cache_root) if settings.prompt_cache_disk else "",
+        prompt_cache_disk=settings.prompt_cache_disk,
     )
 
 

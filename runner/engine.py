@@ -16,31 +16,42 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import numpy as np
 
-from runner import longtext
+from runner import longtext, promptdisk
 from runner.cpusafety import cpu_config, inject_fault
 from runner.embedding import Embedder
 from runner.fairqueue import FairQueue
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
+from runner.promptcache import PromptCache, State, common_prefix
 from runner.sampling import Sampler, token_logprobs, uses_penalties
 from runner.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
+
+log = logging.getLogger("corral.runner")
 
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream
 MIN_COPY_TOKENS = 32  # a shared prefix worth copying another slot's cache for
 SEEDED_CHUNK = 64  # a seeded prompt is read in chunks aligned to this many positions
+# Restoring a saved prompt state (runner/promptcache.py) copies the whole state, reading a token
+# costs a forward pass: a restore pays when it saves at least this many tokens, and its state
+# spans at most RESTORE_SPAN times the positions it saves (a memcpy per position is hundreds of
+# times cheaper than a forward pass per token, even for this tiny model on a fast CPU).
+MIN_RESTORE_TOKENS = 16
+RESTORE_SPAN = 16
 
 
 class LoadError(Exception):
@@ -84,6 +95,7 @@ class Slot:
     last_used: int = 0
     # Positions from 0 that were read in the seeded layout (see `seeded_keep`).
     canonical: int = 0
+    uses: int = 1  # requests its cache served since it was last read from scratch
 
 
 def seeded_keep(common: int, canonical: int, n_prompt: int) -> int:
@@ -108,20 +120,23 @@ def seeded_chunk(n_past: int, n_pending: int) -> int:
     return min(SEEDED_CHUNK - n_past % SEEDED_CHUNK, n_pending - 1)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _drop_swallowed(entries: list[dict[str, Any]], n_bytes: int) -> None:
     """Drop the newest entries whose bytes lie wholly in the `n_bytes` a stop string cut off; a
     token with some text before the stop keeps its entry."""
     while entries and n_bytes > 0 and len(entries[-1]["bytes"]) <= n_bytes:
         n_bytes -= len(entries.pop()["bytes"])
+
+
+def _available_ram() -> int:
+    """MemAvailable from /proc/meminfo (0 where there is none: then no default prompt cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _device(load: p.Load) -> str:
@@ -192,6 +207,9 @@ class Engine:
                          and not llama_cpp.llama_model_is_recurrent(model)
                          and not llama_cpp.llama_model_is_hybrid(model))
         self.n_ctx = llama_cpp.llama_n_ctx(ctx) // self.parallel
+        # Saved prompt states are cut back to a prefix after a restore: attention caches only.
+        self.can_cache = (bool(self.memory) and not llama_cpp.llama_model_is_recurrent(model)
+                          and not llama_cpp.llama_model_is_hybrid(model))
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 
         self.architecture = self.meta("general.architecture") or ""
@@ -199,6 +217,11 @@ class Engine:
         self.chat_template = template.decode("utf-8", "replace") if template else None
         self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
+        budget = load.prompt_cache if load.prompt_cache >= 0 else self._default_cache_budget()
+        self.prompt_cache = PromptCache(budget if self.can_cache else 0)
+        self._disk: tuple[Path, dict[str, Any], int] | None = None
+        if self.prompt_cache.enabled and load.prompt_cache_dir and load.prompt_cache_disk > 0:
+            self._open_disk_cache(load, cparams.n_ubatch)
 
         self.slots = [Slot(i) for i in range(self.parallel)]
         self.queue: FairQueue[Sequence] = FairQueue(lambda seq: seq.tenant)
@@ -268,6 +291,37 @@ class Engine:
         per_token = n_layer * n_head_kv * (key_len + value_len)
         per_elem = _KV_BYTES_PER_ELEMENT.get(self.kv_cache_type, 2.0)
         return int(per_token * self.n_ctx * self.parallel * per_elem)
+
+    def _open_disk_cache(self, load: p.Load, n_ubatch: int) -> None:
+        """Load what an earlier runner of this model under these settings saved at its unload
+        (runner/promptdisk.py). The settings are what a KV state depends on."""
+        settings = {
+            "model": Path(load.model_path).name, "adapters": [Path(a).name for a in load.adapters],
+            "kv_cache_type": self.kv_cache_type, "flash_attention": load.flash_attention,
+            "n_ctx": self.n_ctx, "parallel": self.parallel, "n_batch": self.n_batch,
+            "n_ubatch": n_ubatch, "llama_cpp": llama_cpp.__version__,
+        }
+        path = promptdisk.cache_file(load.prompt_cache_dir, load.model_path, settings)
+        self._disk = (path, settings, load.prompt_cache_disk)
+        promptdisk.load(self.prompt_cache, path, settings)
+
+    def save_prompt_cache(self) -> None:
+        """At unload: every slot's cache joins the prompt cache, and the entries used more than
+        once go to disk for the next load of this model."""
+        if self._disk is None:
+            return
+        for slot in self.slots:
+            if slot.sequence is None:
+                self._save(slot, [])
+        path, settings, budget = self._disk
+        try:
+            promptdisk.save(self.prompt_cache, path, settings, budget)
+        except OSError as exc:
+            log.warning("prompt cache not saved to %s: %s", path, exc)
+
+    def _default_cache_budget(self) -> int:
+        """Room for eight full sets of slots' caches, within a quarter of the free RAM."""
+        return min(_available_ram() // 4, 8 * self.kv_bytes())
 
     # --- tokens -------------------------------------------------------------------------------
 
@@ -443,6 +497,8 @@ class Engine:
                 deferred.append(seq)
                 continue
             slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
+            self._save(slot, seq.prompt)
+            self._restore(slot, seq)
             self._copy_prefix(slot, seq.prompt)
             keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
             if seq.seeded:
@@ -459,6 +515,7 @@ class Engine:
                 continue
             slot.tokens = seq.prompt[:keep]
             slot.canonical = min(slot.canonical, keep)
+            slot.uses = slot.uses + 1 if keep >= MIN_RESTORE_TOKENS else 1
             slot.sequence = seq
             slot.last_used = next(self._clock)
             seq.slot = slot.index
@@ -470,6 +527,59 @@ class Engine:
                 seq.sampler.accept_prompt(seq.prompt[-last_n if last_n > 0 else 0:])
         self.queue.extendleft(reversed(deferred))
         return failed
+
+    def _save(self, slot: Slot, prompt: list[int]) -> None:
+        """Keep the state of a free slot that `prompt` is about to overwrite (it does not extend
+        what the slot holds) in the prompt cache, unless the cache holds it already."""
+        cache = self.prompt_cache
+        tokens = slot.tokens
+        if (not cache.enabled or len(tokens) < MIN_RESTORE_TOKENS
+                or common_prefix(tokens, prompt) >= len(tokens)
+                or cache.holds(tokens, slot.canonical)):
+            return
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.index)
+        if size <= 0 or size > cache.budget:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.index)
+        if n > 0:
+            cache.put(list(tokens), [State(len(tokens), ctypes.string_at(buf, n),
+                                           slot.canonical)], uses=slot.uses)
+
+    def _restore(self, slot: Slot, seq: Sequence) -> None:
+        """Give `slot` the saved state that shares clearly more with the prompt than any slot
+        does (the caller trims it to the shared start)."""
+        cache = self.prompt_cache
+        if not cache.enabled:
+            return
+        prompt = seq.prompt
+        limit = len(prompt) - 1  # the last prompt token is always read, for its logits
+        have = self._cached_share(prompt) if self.can_copy else common_prefix(slot.tokens,
+                                                                               prompt)
+        entry, shared = cache.best(prompt)
+        state = entry.state_for(min(shared, limit)) if entry is not None else None
+        gain = 0
+        if state is not None:
+            usable = min(shared, limit, state.n_tokens)
+            if seq.seeded:
+                usable = seeded_keep(usable, state.canonical, len(prompt))
+            gain = usable - min(have, limit)
+        if (state is None or gain < MIN_RESTORE_TOKENS
+                or state.n_tokens > RESTORE_SPAN * gain):
+            cache.misses += 1
+            return
+        assert entry is not None
+        data = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
+        if not llama_cpp.llama_state_seq_set_data(self.ctx, data, len(state.data), slot.index):
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
+            slot.tokens, slot.canonical = [], 0
+            cache.misses += 1
+            return
+        cache.hits += 1
+        cache.touch(entry)
+        slot.tokens = entry.tokens[:state.n_tokens]
+        slot.canonical = state.canonical
+        slot.uses = 1
 
     def _cached_share(self, prompt: list[int]) -> int:
         """The longest start of `prompt` that some slot's cache holds now."""
@@ -502,6 +612,7 @@ class Engine:
         llama_cpp.llama_memory_seq_cp(self.memory, donor.index, slot.index, -1, -1)
         slot.tokens = list(donor.tokens)
         slot.canonical = donor.canonical
+        slot.uses = donor.uses
 
     def _release(self, slot: Slot) -> None:
         seq = slot.sequence
@@ -699,6 +810,7 @@ class Engine:
         self.n_threads = n  # an embedding context made later takes the same
 
     def close(self) -> None:
+        self.save_prompt_cache()
         for slot in self.slots:
             self._release(slot)
         if self._embedder is not None:

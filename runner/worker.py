@@ -96,7 +96,10 @@ class Worker:
                 active = engine.active if engine else 0
                 queued = len(engine.queue) if engine else 0
                 queued += self.intake.pending if self.intake else 0
-                self.send(p.HealthReply(rid, active, queued, engine.kv_used if engine else 0))
+                cache = engine.prompt_cache.stats() if engine else None
+                self.send(p.HealthReply(
+                    rid, active, queued, engine.kv_used if engine else 0,
+                    [cache.entries, cache.bytes, cache.hits, cache.misses] if cache else []))
             case p.SetThreads(n_threads=n):
                 if engine is not None:
                     engine.set_threads(n)

@@ -206,6 +206,13 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     access_log: str = ""
     fair_share: bool = True
+    # The prompt cache beyond the slots (runner/promptcache.py): CORRAL_PROMPT_CACHE bytes of
+    # host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
+    # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the
+    # store) and CORRAL_PROMPT_CACHE_DISK bytes per model (0 = off).
+    prompt_cache: int = -1
+    prompt_cache_dir: Path | None = None
+    prompt_cache_disk: int = 2 * 1024**3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -294,8 +301,19 @@ class Settings:
             kwargs["access_log"] = "off" if raw.lower() == "off" else str(Path(raw).expanduser())
         if raw := get("CORRAL_FAIR_SHARE"):
             kwargs["fair_share"] = _parse_bool("CORRAL_FAIR_SHARE", raw)
+        if raw := get("CORRAL_PROMPT_CACHE"):
+            kwargs["prompt_cache"] = _parse_bytes("CORRAL_PROMPT_CACHE", raw)
+        if raw := get("CORRAL_PROMPT_CACHE_DIR"):
+            kwargs["prompt_cache_dir"] = Path(raw).expanduser()
+        if raw := get("CORRAL_PROMPT_CACHE_DISK"):
+            kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def prompt_cache_root(self) -> Path:
+        """Where runners keep prompt states across reloads, one folder per model digest."""
+        return self.prompt_cache_dir or self.models.parent / "corral" / "prompt-cache"
 
     @property
     def cpu_only(self) -> bool:

@@ -40,6 +40,11 @@ class Load:
     # The conservative CPU configuration: no extra buffer types (AMX, repacked weights). The pool
     # asks for it after a runner crashed while loading.
     safe_cpu: bool = False
+    # Prompt states kept beyond the slots (runner/promptcache.py): bytes of host RAM (0 = off),
+    # and the folder and bytes of the copy kept across reloads ("" or 0 = none).
+    prompt_cache: int = 0
+    prompt_cache_dir: str = ""
+    prompt_cache_disk: int = 0
 
 
 @dataclass(slots=True)
@@ -185,6 +190,8 @@ class HealthReply:
     active: int
     queued: int
     kv_used: int = 0  # cache positions the active sequences hold (of n_ctx x parallel)
+    # The prompt cache beyond the slots: [entries, bytes, hits, misses]
+    prompt_cache: list[int] = field(default_factory=list)
 
 
 Message = (

@@ -105,6 +105,13 @@ def test_ps_after_use(client: ollama.Client, corral_server: LiveServer) -> None:
     if not corral_server.real_gpus():  # on a GPU machine the model is (partly) in VRAM
         assert running[MODEL].size_vram == 0
     assert running[MODEL].size > 250_000_000
+    # The prompt cache beyond the slots, from the runner's health reply (every few seconds):
+    # on by default, and the generate above was an admission it could not serve.
+    entry = corral_server.wait_ps(
+        MODEL, lambda e: e is not None and e["corral"]["prompt_cache"]["misses"] >= 1)
+    assert entry is not None
+    assert set(entry["corral"]["prompt_cache"]) == {"entries", "bytes", "hits", "misses"}
+    assert entry["corral"]["runners"][0]["prompt_cache"]["misses"] >= 1
 
 
 def test_copy_and_delete(client: ollama.Client) -> None:

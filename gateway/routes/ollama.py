@@ -340,6 +340,7 @@ async def ps(request: Request) -> Response:
                 # The runner's own count at its last health check (every few seconds): busy
                 # slots, and requests queued or being prepared there.
                 "reported": _reported(entry.runner.last_health),
+                "prompt_cache": _prompt_cache([entry]),
             })
         # Sizes add up over replicas: each holds its own copy of the model.
         size = sum(e.estimate.total for e in group)
@@ -377,6 +378,9 @@ async def ps(request: Request) -> Response:
                                                           for r in runners),
                 },
                 "keep_alive": None if math.isinf(first.keep_alive) else first.keep_alive,
+                # Prompt states kept beyond the slots, summed over replicas, as of the last
+                # health check (runner/promptcache.py).
+                "prompt_cache": _prompt_cache(group),
             },
         })
     return json_response({"models": models})
@@ -386,6 +390,15 @@ def _reported(health: p.HealthReply | None) -> dict[str, int] | None:
     if health is None:
         return None
     return {"active": health.active, "queued": health.queued}
+
+
+def _prompt_cache(entries: list[Any]) -> dict[str, int]:
+    totals = [0, 0, 0, 0]
+    for entry in entries:
+        health = entry.runner.last_health
+        for i, value in enumerate(health.prompt_cache if health is not None else ()):
+            totals[i] += value
+    return dict(zip(("entries", "bytes", "hits", "misses"), totals, strict=True))
 
 
 def _expiry_ns(expires_at: float) -> int:

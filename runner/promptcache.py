@@ -1,0 +1,158 @@
+"""Prompt states kept beyond the slots, in host RAM, bounded by bytes.
+
+A runner's slots hold only as many conversations as it has slots; a slot taken by a prompt that
+does not extend it loses what it held. Before that happens the engine saves the slot's KV state
+(llama.cpp's per-sequence state) here, keyed by the tokens it holds; a later prompt that shares
+more with an entry than with any slot restores it into its slot, trims it to the shared start and
+reads only the rest.
+
+An entry holds a list of states: today one state of its whole token list (an attention cache can
+be cut back to any shorter prefix after a restore); sliding-window caches will add checkpoints at
+earlier positions (llama.cpp's partial `_ext` states), of which a restore takes the longest one
+at or below the shared start.
+
+This module knows nothing of llama.cpp: states are opaque bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+MIN_SHARED_START = 32  # tokens two entries must share for their start to count as common
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class State:
+    """The KV state of the first `n_tokens` tokens of an entry."""
+
+    n_tokens: int
+    data: bytes
+    # Positions from 0 that were read in the seeded layout (runner/engine.py, `seeded_keep`):
+    # it travels with the state so a seeded request reuses no more than it could from a slot.
+    canonical: int = 0
+    partial: bool = False  # a checkpoint that cannot be cut back below n_tokens (SWA)
+
+
+@dataclass
+class Entry:
+    tokens: list[int]
+    states: list[State] = field(default_factory=list)
+    last_used: int = 0
+    uses: int = 1  # requests its tokens served: saved, restored, or inherited from a prefix
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(s.data) for s in self.states)
+
+    def state_for(self, keep: int) -> State | None:
+        """The state to restore for a trim to `keep` tokens: a whole state long enough to be cut
+        back, else the longest checkpoint that ends at or before `keep`."""
+        whole = [s for s in self.states if not s.partial and s.n_tokens >= keep]
+        if whole:
+            return min(whole, key=lambda s: s.n_tokens)
+        points = [s for s in self.states if s.partial and s.n_tokens <= keep]
+        return max(points, key=lambda s: s.n_tokens, default=None)
+
+
+@dataclass
+class Stats:
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+
+
+class PromptCache:
+    """Entries keyed by token lists, evicted least recently used, entries whose start many others
+    share last (one copy of a common system prompt serves every conversation that has it)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = max(0, budget)
+        self.entries: list[Entry] = []
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._clock = itertools.count(1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget > 0
+
+    def stats(self) -> Stats:
+        return Stats(len(self.entries), self.bytes, self.hits, self.misses)
+
+    def best(self, prompt: list[int]) -> tuple[Entry | None, int]:
+        """The entry sharing the longest start with `prompt`, and how long that start is."""
+        best: Entry | None = None
+        shared = 0
+        for entry in self.entries:
+            n = common_prefix(entry.tokens, prompt)
+            if n > shared:
+                best, shared = entry, n
+        return best, shared
+
+    def holds(self, tokens: list[int], canonical: int) -> bool:
+        """Whether an entry already holds all of `tokens` (and as much of the seeded layout)."""
+        for entry in self.entries:
+            if (len(entry.tokens) >= len(tokens) and entry.tokens[:len(tokens)] == tokens
+                    and any(not s.partial and s.n_tokens >= len(tokens)
+                            and s.canonical >= min(canonical, len(tokens)) for s in entry.states)):
+                entry.last_used = next(self._clock)
+                return True
+        return False
+
+    def touch(self, entry: Entry) -> None:
+        entry.last_used = next(self._clock)
+        entry.uses += 1
+
+    def put(self, tokens: list[int], states: list[State], uses: int = 1) -> Entry | None:
+        """Keep `states` for `tokens`; entries it makes redundant (a prefix of it, read in no
+        more of the seeded layout) go, and their use counts carry over. None when it cannot
+        fit the budget at all."""
+        size = sum(len(s.data) for s in states)
+        if not self.enabled or size > self.budget or not tokens:
+            return None
+        canonical = max((s.canonical for s in states), default=0)
+        for old in list(self.entries):
+            n = len(old.tokens)
+            if (n <= len(tokens) and tokens[:n] == old.tokens
+                    and all(s.canonical <= canonical for s in old.states)):
+                uses += old.uses
+                self._drop(old)
+        entry = Entry(list(tokens), list(states), next(self._clock), uses)
+        self.entries.append(entry)
+        self.bytes += size
+        self._evict(keep=entry)
+        return entry
+
+    def _drop(self, entry: Entry) -> None:
+        self.entries.remove(entry)
+        self.bytes -= entry.nbytes
+
+    def _sharers(self, entry: Entry) -> int:
+        return sum(1 for other in self.entries if other is not entry
+                   and common_prefix(other.tokens, entry.tokens) >= MIN_SHARED_START)
+
+    def _evict(self, keep: Entry) -> None:
+        while self.bytes > self.budget:
+            victims = [e for e in self.entries if e is not keep]
+            if not victims:
+                break
+            # Least recently used first; an entry whose start two or more others share goes
+            # only after those that share nothing, since every restore of that start needs one.
+            victim = min(victims, key=lambda e: (self._sharers(e) >= 2, e.last_used))
+            self._drop(victim)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
