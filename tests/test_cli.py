@@ -287,21 +287,38 @@ def test_interactive_repl_through_a_pty(corral_server: Any) -> None:
 
 @pytest.mark.e2e
 def test_ctrl_c_cancels_generation_but_keeps_the_repl(corral_server: Any) -> None:
+    def generating(entry: dict[str, Any] | None) -> bool:
+        return entry is not None and entry["corral"]["active"] > 0
+
     session = PtySession(corral_server.env)
     try:
         session.expect(">>> ", timeout=60)
-        session.send("/set parameter num_predict 2000\n")
-        session.expect(">>> ")
+        for setting in ("temperature 0", "num_predict 2000"):  # greedy, and far too long
+            session.send(f"/set parameter {setting}\n")
+            session.expect(">>> ")
         session.send("Count from one to one thousand, in words.\n")
         session.expect("words.")
-        # Wait for some output, then press Ctrl+C (SIGINT, as the terminal would send it).
-        deadline = time.monotonic() + 30
+        # Some of the reply is out and the server is still generating it: press Ctrl+C
+        # (SIGINT, as the terminal would send it) in the middle of the reply.
+        deadline = time.monotonic() + 120
         while not SPINNER.sub("", ANSI.sub("", session.buf[session.pos :])).strip():
             assert time.monotonic() < deadline, "no output to interrupt"
             session._read(0.2)
+        assert generating(corral_server.ps(MODEL)), "the reply ended before Ctrl+C"
         session.proc.send_signal(signal.SIGINT)
-        session.expect(">>> ", timeout=15)
+        printed = session.expect(">>> ", timeout=300)
         assert session.proc.poll() is None, "Ctrl+C ended the REPL"
+        # The reply was cut short (its 2000 tokens would print 2000 characters at least) ...
+        assert len(printed.strip()) < 1000, printed
+        # ... and the server stopped generating it.
+        corral_server.wait_ps(MODEL, lambda e: e is None or not generating(e)
+                              and e["corral"]["queued"] == 0)
+        # The REPL goes on.
+        session.send("/set parameter num_predict 4\n")
+        session.expect(">>> ")
+        session.send("Say hi\n")
+        session.expect("Say hi")
+        session.expect(">>> ", timeout=120)
         session.send("/bye\n")
         assert session.proc.wait(timeout=10) == 0
     finally:
