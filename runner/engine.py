@@ -43,7 +43,11 @@ log = logging.getLogger("corral.runner")
 
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream
+PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream (at most)
+# ... and fewer when the machine is slow or busy: a step that reads prompt tokens beside streams
+# should take about this long, so that no stream waits long for its next token.
+MIXED_STEP_S = 0.2
+MIN_PREFILL_CHUNK = 16
 MIN_COPY_TOKENS = 32  # a shared prefix worth copying another slot's cache for
 SEEDED_CHUNK = 64  # a seeded prompt is read in chunks aligned to this many positions
 # Restoring a saved prompt state (runner/promptcache.py) copies the whole state, reading a token
@@ -228,6 +232,7 @@ class Engine:
         self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
         self._embedder: Embedder | None = None
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
+        self._token_s = 0.0  # seconds per batch token, measured (moving average)
         self._warm_up(load.safe_cpu)
 
     def _warm_up(self, safe: bool) -> None:
@@ -652,7 +657,7 @@ class Engine:
             wants.append((slot.sequence, n - 1))
         budget = self.n_batch - n
         if decoding:
-            budget = min(budget, PREFILL_CHUNK_WHILE_DECODING)
+            budget = min(budget, self._prefill_chunk())
         reading = sorted((s for s in self.slots if s.sequence and s.sequence.pending),
                          key=lambda s: s.last_used)  # oldest admission first
         for slot in reading:
@@ -671,7 +676,9 @@ class Engine:
             return out
         self._track_seeded_layout()
         self.batch.n_tokens = n
+        started = time.perf_counter()
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        self._time_step(n, time.perf_counter() - started)
         if rc != 0:
             return out + self._fail_all(f"llama_decode failed with code {rc}")
         for seq, index in wants:
@@ -679,6 +686,22 @@ class Engine:
             token = seq.sampler.sample(self.ctx, index)
             out.extend(self._on_token(seq, token, index))
         return out
+
+    def _prefill_chunk(self) -> int:
+        """Prompt tokens to read in a step beside streams: PREFILL_CHUNK_WHILE_DECODING, or as
+        many as take MIXED_STEP_S at the measured speed when that is fewer."""
+        if self._token_s <= 0:
+            return PREFILL_CHUNK_WHILE_DECODING
+        fit = int(MIXED_STEP_S / self._token_s)
+        return max(MIN_PREFILL_CHUNK, min(PREFILL_CHUNK_WHILE_DECODING, fit))
+
+    def _time_step(self, n_tokens: int, seconds: float) -> None:
+        """Learn the seconds per token from batches of 8 tokens or more (smaller ones are
+        mostly fixed cost per step)."""
+        if n_tokens >= 8:
+            per_token = seconds / n_tokens
+            self._token_s = per_token if self._token_s <= 0 else \
+                0.7 * self._token_s + 0.3 * per_token
 
     def _track_seeded_layout(self) -> None:
         """Keep each slot's `canonical` mark: a seeded prompt chunk decoded alone and aligned

@@ -22,12 +22,13 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.engine import Engine
+from runner.engine import MIXED_STEP_S, Engine
 from shared import protocol as p
 from shared.errors import CorralError
 
@@ -36,10 +37,11 @@ log = logging.getLogger("corral.runner")
 # Text up to this many characters is prepared inline: tokenizing it takes well under a
 # millisecond, less than handing it to the thread and back.
 INLINE_CHARS = 16_384
-# Tokens per embedding decode while other requests generate (as runner.engine reads prompts in
-# chunks of PREFILL_CHUNK_WHILE_DECODING between their tokens); with nothing generating, a
-# whole batch.
+# Tokens per embedding decode while other requests generate: as many as take MIXED_STEP_S at
+# the measured speed (as runner.engine reads prompts beside streams), within these bounds, and
+# this many before anything is measured; with nothing generating, a whole batch.
 EMBED_TOKENS_WHILE_DECODING = 128
+EMBED_TOKENS_MIN, EMBED_TOKENS_MAX = 32, 1024
 # How often the idle loop looks for finished preparations.
 WAIT_MS = 2
 # The thread's nice value: on a busy CPU the decode threads come first (a token gap costs every
@@ -86,6 +88,7 @@ class Intake:
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Prepared] | None] = queue.SimpleQueue()
         self._preparing: dict[int, tuple[Future[Any], Prepared]] = {}  # request id -> work
         self._embeds: deque[_EmbedJob] = deque()
+        self._embed_token_s = 0.0  # seconds per embedded token, measured (moving average)
         # A daemon thread: a runner told to exit mid-tokenization must not wait for it.
         self._thread = threading.Thread(target=self._work, name="corral-intake", daemon=True)
         self._thread.start()
@@ -179,18 +182,33 @@ class Intake:
         """Decode the next group of the oldest embedding request; its reply when it is done."""
         job = self._embeds[0]
         embedder = self.engine.embedder()
-        budget = EMBED_TOKENS_WHILE_DECODING if self.engine.busy else None
+        budget = self._embed_budget() if self.engine.busy else None
         end = embedder.next_group(job.inputs, job.next, budget)
+        group = job.inputs[job.next:end]
+        started = time.perf_counter()
         try:
-            job.vectors.extend(embedder.decode(job.inputs[job.next:end], job.request.normalize))
+            job.vectors.extend(embedder.decode(group, job.request.normalize))
         except CorralError as exc:
             self._embeds.popleft()
             return [p.Error(job.request.id, exc.message, exc.status)]
+        self._time_embed(sum(len(t) for t in group), time.perf_counter() - started)
         job.next = end
         if end < len(job.inputs):
             return []
         self._embeds.popleft()
         return [p.Embeddings(job.request.id, job.vectors, sum(len(t) for t in job.inputs))]
+
+    def _embed_budget(self) -> int:
+        if self._embed_token_s <= 0:
+            return EMBED_TOKENS_WHILE_DECODING
+        fit = int(MIXED_STEP_S / self._embed_token_s)
+        return max(EMBED_TOKENS_MIN, min(EMBED_TOKENS_MAX, fit))
+
+    def _time_embed(self, n_tokens: int, seconds: float) -> None:
+        if n_tokens >= 8:  # smaller groups are mostly fixed cost
+            per_token = seconds / n_tokens
+            self._embed_token_s = per_token if self._embed_token_s <= 0 else \
+                0.7 * self._embed_token_s + 0.3 * per_token
 
     # --- either thread ---------------------------------------------------------------------------
 

@@ -10,7 +10,15 @@ from array import array
 import llama_cpp
 import pytest
 
-from runner.intake import EMBED_TOKENS_WHILE_DECODING, INLINE_CHARS, Intake, text_size
+from runner.engine import MIXED_STEP_S
+from runner.intake import (
+    EMBED_TOKENS_MAX,
+    EMBED_TOKENS_MIN,
+    EMBED_TOKENS_WHILE_DECODING,
+    INLINE_CHARS,
+    Intake,
+    text_size,
+)
 from shared import protocol as p
 
 pytestmark = pytest.mark.e2e
@@ -127,6 +135,9 @@ def test_embedding_goes_a_small_group_at_a_time_while_others_generate(engine, in
     expected = engine.embed(p.Embed(0, texts)).vectors  # one go, nothing else running
     engine.submit(p.Generate(50, prompt="Once upon a time", options={**GREEDY,
                                                                      "num_predict": 200}))
+    # A machine where 64 tokens take MIXED_STEP_S (the measurement held there).
+    intake._embed_token_s = MIXED_STEP_S / 64
+    intake._time_embed = lambda n_tokens, seconds: None  # type: ignore[method-assign]
     intake.submit(p.Embed(51, texts))
     groups = 0
     replies: list[p.Message] = []
@@ -141,7 +152,7 @@ def test_embedding_goes_a_small_group_at_a_time_while_others_generate(engine, in
     engine.cancel(50)
     assert isinstance(result, p.Embeddings) and len(result.vectors) == len(texts)
     tokens = sum(len(engine.tokenize(t)) for t in texts)
-    assert groups >= math.ceil(tokens / EMBED_TOKENS_WHILE_DECODING)  # not one decode
+    assert groups >= math.ceil(tokens / 64)  # not one decode
     assert all(_cosine(a, b) > 0.999 for a, b in zip(result.vectors, expected, strict=True))
 
 
@@ -200,3 +211,43 @@ def test_a_long_chat_still_drops_whole_messages(engine) -> None:  # noqa: ANN001
     seq = engine.prepare(p.Generate(82, messages=messages, options=GREEDY))
     text = b"".join(engine.piece(t) for t in seq.prompt).decode("utf-8", "replace")
     assert "Old news" not in text and "What now?" in text
+
+
+def test_prompts_beside_streams_are_read_in_chunks_that_fit_the_measured_speed(engine
+                                                                              ) -> None:  # noqa: ANN001
+    from runner.engine import MIN_PREFILL_CHUNK, MIXED_STEP_S, PREFILL_CHUNK_WHILE_DECODING
+    measured = engine._token_s
+    try:
+        engine._token_s = 0.0  # nothing measured yet
+        assert engine._prefill_chunk() == PREFILL_CHUNK_WHILE_DECODING
+        engine._token_s = MIXED_STEP_S / 40  # a slow or busy machine
+        assert engine._prefill_chunk() == 40
+        engine._token_s = 10.0
+        assert engine._prefill_chunk() == MIN_PREFILL_CHUNK
+        engine._token_s = MIXED_STEP_S / 40
+        engine.submit(p.Generate(90, prompt="Once upon a time", options={**GREEDY,
+                                                                         "num_predict": 50}))
+        while not any(s.sequence and not s.sequence.pending for s in engine.slots):
+            engine.step()
+        engine.submit(p.Generate(91, prompt="word " * 300, options=GREEDY))
+        engine.step()  # admits it and reads its first chunk
+        [slot] = [s for s in engine.slots if s.sequence and s.sequence.request_id == 91]
+        for _ in range(3):
+            chunk, before = engine._prefill_chunk(), len(slot.sequence.pending)
+            engine.step()
+            assert 0 < before - len(slot.sequence.pending) <= chunk < PREFILL_CHUNK_WHILE_DECODING
+        assert engine._token_s > 0  # the steps were timed
+    finally:
+        engine.cancel(90)
+        engine.cancel(91)
+        engine._token_s = measured
+
+
+def test_embedding_groups_fit_the_measured_speed(intake: Intake) -> None:
+    assert intake._embed_budget() == EMBED_TOKENS_WHILE_DECODING  # nothing measured yet
+    intake._time_embed(100, MIXED_STEP_S)  # 100 tokens took a step's time
+    assert intake._embed_budget() == 100
+    intake._embed_token_s = 10.0
+    assert intake._embed_budget() == EMBED_TOKENS_MIN
+    intake._embed_token_s = 1e-9
+    assert intake._embed_budget() == EMBED_TOKENS_MAX
