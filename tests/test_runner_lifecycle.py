@@ -129,8 +129,10 @@ CONTINUATION = 96  # tokens of greedy continuation the follow-up prompt carries
 @pytest.fixture(scope="module")
 def one_slot_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[LiveServer]:
+    # The prompt cache beyond the slots is off: it would keep the reference reply's state and
+    # hand it to the follow-up, whatever the cancelled sequence left in the slot.
     server = start_server(models_dir, tmp_path_factory.mktemp("one-slot") / "serve.log",
-                          OLLAMA_NUM_PARALLEL="1")
+                          OLLAMA_NUM_PARALLEL="1", CORRAL_PROMPT_CACHE="0")
     try:
         _load(server)
         yield server
