@@ -225,7 +225,7 @@ class PtySession:
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
 
-    def expect(self, needle: str, timeout: float = 30) -> str:
+    def expect(self, needle: str, timeout: float = 120) -> str:  # a hang guard
         """Read until `needle` shows up after what earlier calls consumed; return the text
         in between (escape codes and spinner frames removed)."""
         deadline = time.monotonic() + timeout
@@ -259,7 +259,7 @@ class PtySession:
 def test_interactive_repl_through_a_pty(corral_server: Any) -> None:
     session = PtySession(corral_server.env)
     try:
-        session.expect(">>> ", timeout=60)
+        session.expect(">>> ", timeout=180)
         session.send("/set parameter num_predict 8\n")
         session.expect("Set parameter 'num_predict' to '8'")
         session.expect(">>> ")
@@ -292,7 +292,7 @@ def test_ctrl_c_cancels_generation_but_keeps_the_repl(corral_server: Any) -> Non
 
     session = PtySession(corral_server.env)
     try:
-        session.expect(">>> ", timeout=60)
+        session.expect(">>> ", timeout=180)
         for setting in ("temperature 0", "num_predict 2000"):  # greedy, and far too long
             session.send(f"/set parameter {setting}\n")
             session.expect(">>> ")
