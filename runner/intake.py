@@ -1,18 +1,21 @@
-"""Work that must not stall the decode loop: preparing large prompts, and embedding requests.
+"""Work that must not stall the decode loop: preparing large prompts, and embeddings.
 
 The worker's loop advances every stream by one token per step, so anything long done between
-two steps freezes them all (a 10 MB prompt took a minute to tokenize). The intake keeps that work
-out of the loop:
+two steps freezes them all (a 10 MB prompt took a minute to tokenize; 1,000 embedding inputs
+held the loop until the health check killed the runner). The intake keeps that work on a thread
+of its own:
 
-- A request with a lot of text is prepared on a background thread: template rendering,
-  tokenizing (llama.cpp's tokenizer runs in C with the GIL released, as every ctypes call does)
-  and truncation. The finished sequence joins the engine's queue between two steps. Small
-  requests are prepared inline, where a thread hop would only add latency.
-- An embedding request is tokenized the same way, then its inputs are decoded a group at a time,
-  one group between two decode steps, and small groups while other requests are generating.
+- A request with a lot of text is prepared there: template rendering, tokenizing (llama.cpp's
+  tokenizer runs in C with the GIL released, as every ctypes call does) and truncation. The
+  finished sequence joins the engine's queue between two steps. Small requests are prepared
+  inline, where a thread hop would only add latency.
+- Every embedding request is tokenized and decoded there, in the embedding context, which is
+  separate from the generation context (llama.cpp contexts of one model may decode on different
+  threads at once); even a one-input decode costs a large fixed amount, so none runs in the loop.
 
-Everything that touches the engine's state (its queue, slots, contexts) stays on the loop's
-thread; the background thread only reads the model's vocabulary.
+The thread only reads the model's vocabulary and uses the embedding context; the engine's queue,
+slots and generation context stay on the loop's thread. It runs at a lower priority (nice) so
+that on a busy CPU the streams come first.
 """
 
 from __future__ import annotations
@@ -22,13 +25,10 @@ import logging
 import os
 import queue
 import threading
-import time
-from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
-from runner.engine import MIXED_STEP_S, Engine
+from runner.engine import Engine
 from shared import protocol as p
 from shared.errors import CorralError
 
@@ -37,11 +37,6 @@ log = logging.getLogger("corral.runner")
 # Text up to this many characters is prepared inline: tokenizing it takes well under a
 # millisecond, less than handing it to the thread and back.
 INLINE_CHARS = 16_384
-# Tokens per embedding decode while other requests generate: as many as take MIXED_STEP_S at
-# the measured speed (as runner.engine reads prompts beside streams), within these bounds, and
-# this many before anything is measured; with nothing generating, a whole batch.
-EMBED_TOKENS_WHILE_DECODING = 128
-EMBED_TOKENS_MIN, EMBED_TOKENS_MAX = 32, 1024
 # How often the idle loop looks for finished preparations.
 WAIT_MS = 2
 # The thread's nice value: on a busy CPU the decode threads come first (a token gap costs every
@@ -52,12 +47,8 @@ CLOSE_WAIT_S = 2.0
 Prepared = p.Generate | p.Embed | p.Tokenize
 
 
-@dataclass
-class _EmbedJob:
-    request: p.Embed
-    inputs: list[list[int]]
-    vectors: list[bytes] = field(default_factory=list)
-    next: int = 0  # the first input not yet decoded
+class _Dropped(Exception):
+    """A request cancelled while the thread worked on it."""
 
 
 def text_size(message: Prepared) -> int:
@@ -87,8 +78,7 @@ class Intake:
         self.engine = engine
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Prepared] | None] = queue.SimpleQueue()
         self._preparing: dict[int, tuple[Future[Any], Prepared]] = {}  # request id -> work
-        self._embeds: deque[_EmbedJob] = deque()
-        self._embed_token_s = 0.0  # seconds per embedded token, measured (moving average)
+        self._dropped: set[int] = set()  # cancelled while running: the thread stops early
         # A daemon thread: a runner told to exit mid-tokenization must not wait for it.
         self._thread = threading.Thread(target=self._work, name="corral-intake", daemon=True)
         self._thread.start()
@@ -98,12 +88,7 @@ class Intake:
     @property
     def pending(self) -> int:
         """Requests being prepared or embedded (the health reply counts them as queued)."""
-        return len(self._preparing) + len(self._embeds)
-
-    @property
-    def computing(self) -> bool:
-        """Whether the loop has work of ours to do at once (embedding groups)."""
-        return bool(self._embeds)
+        return len(self._preparing)
 
     def wait_ms(self, idle_ms: int) -> int:
         """How long the loop may block waiting for messages: briefly while the thread works."""
@@ -115,7 +100,7 @@ class Intake:
                 self.engine.embedder()  # made here, on the loop's thread, once
             except CorralError as exc:
                 return [p.Error(message.id, exc.message, exc.status)]
-        if text_size(message) <= INLINE_CHARS:
+        if not isinstance(message, p.Embed) and text_size(message) <= INLINE_CHARS:
             return self._accept(message, self._run_inline(message))
         work: Future[Any] = Future()
         self._preparing[message.id] = (work, message)
@@ -125,23 +110,18 @@ class Intake:
     def cancel(self, request_id: int) -> bool:
         """Drop a request still being prepared or embedded; False if it is not ours."""
         if (entry := self._preparing.pop(request_id, None)) is not None:
-            entry[0].cancel()  # not started: skipped; running: its result is dropped
+            if not entry[0].cancel():  # running: an embedding stops at its next group
+                self._dropped.add(request_id)
             return True
-        for job in self._embeds:
-            if job.request.id == request_id:
-                self._embeds.remove(job)
-                return True
         return False
 
     def step(self) -> list[p.Message]:
-        """Between two decode steps: hand over finished preparations and embed one group."""
+        """Between two decode steps: hand over what the thread finished."""
         out: list[p.Message] = []
         for request_id, (work, message) in list(self._preparing.items()):
             if work.done():
                 del self._preparing[request_id]
                 out.extend(self._accept(message, work))
-        if self._embeds:
-            out.extend(self._embed_group())
         return out
 
     def close(self) -> bool:
@@ -175,40 +155,8 @@ class Intake:
             case p.Tokenize():
                 return [p.Tokens(message.id, result)]
             case p.Embed():
-                self._embeds.append(_EmbedJob(message, result))
+                return [result]
         return []
-
-    def _embed_group(self) -> list[p.Message]:
-        """Decode the next group of the oldest embedding request; its reply when it is done."""
-        job = self._embeds[0]
-        embedder = self.engine.embedder()
-        budget = self._embed_budget() if self.engine.busy else None
-        end = embedder.next_group(job.inputs, job.next, budget)
-        group = job.inputs[job.next:end]
-        started = time.perf_counter()
-        try:
-            job.vectors.extend(embedder.decode(group, job.request.normalize))
-        except CorralError as exc:
-            self._embeds.popleft()
-            return [p.Error(job.request.id, exc.message, exc.status)]
-        self._time_embed(sum(len(t) for t in group), time.perf_counter() - started)
-        job.next = end
-        if end < len(job.inputs):
-            return []
-        self._embeds.popleft()
-        return [p.Embeddings(job.request.id, job.vectors, sum(len(t) for t in job.inputs))]
-
-    def _embed_budget(self) -> int:
-        if self._embed_token_s <= 0:
-            return EMBED_TOKENS_WHILE_DECODING
-        fit = int(MIXED_STEP_S / self._embed_token_s)
-        return max(EMBED_TOKENS_MIN, min(EMBED_TOKENS_MAX, fit))
-
-    def _time_embed(self, n_tokens: int, seconds: float) -> None:
-        if n_tokens >= 8:  # smaller groups are mostly fixed cost
-            per_token = seconds / n_tokens
-            self._embed_token_s = per_token if self._embed_token_s <= 0 else \
-                0.7 * self._embed_token_s + 0.3 * per_token
 
     # --- either thread ---------------------------------------------------------------------------
 
@@ -222,14 +170,29 @@ class Intake:
                 case p.Tokenize():
                     result = engine.tokenize(message.text, add_special=message.add_special)
                 case p.Embed():
-                    tokens = [engine.tokenize(text) for text in message.inputs]
-                    result = engine.embedder().fit(tokens, truncate=message.truncate)
+                    result = self._embed(message)
                 case _:  # pragma: no cover - submit takes only these
                     raise TypeError(f"cannot prepare {message!r}")
         except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread
             work.set_exception(exc)
         else:
             work.set_result(result)
+
+    def _embed(self, message: p.Embed) -> p.Embeddings:
+        """Tokenize and decode, a batch at a time; stops early when the request is cancelled."""
+        embedder = self.engine.embedder()
+        inputs = embedder.fit([self.engine.tokenize(text) for text in message.inputs],
+                              truncate=message.truncate)
+        vectors: list[bytes] = []
+        start = 0
+        while start < len(inputs):
+            if message.id in self._dropped:
+                self._dropped.discard(message.id)
+                raise _Dropped
+            end = embedder.next_group(inputs, start)
+            vectors.extend(embedder.decode(inputs[start:end], message.normalize))
+            start = end
+        return p.Embeddings(message.id, vectors, sum(len(t) for t in inputs))
 
     def _work(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: a thread's own nice value
@@ -239,4 +202,5 @@ class Intake:
             work, message = job
             if not work.set_running_or_notify_cancel():
                 continue  # cancelled before it started
+            self._dropped.discard(message.id)  # (an id cancelled earlier, reused)
             self._run(work, message)

@@ -72,7 +72,7 @@ class Worker:
     def run(self) -> None:
         while self.running:
             engine, intake = self.engine, self.intake
-            busy = engine is not None and (engine.busy or (intake is not None and intake.computing))
+            busy = engine is not None and engine.busy
             wait = intake.wait_ms(_IDLE_POLL_MS) if intake is not None else _IDLE_POLL_MS
             for message in self.receive(0 if busy else wait):
                 self.handle(message)

@@ -10,15 +10,7 @@ from array import array
 import llama_cpp
 import pytest
 
-from runner.engine import MIXED_STEP_S
-from runner.intake import (
-    EMBED_TOKENS_MAX,
-    EMBED_TOKENS_MIN,
-    EMBED_TOKENS_WHILE_DECODING,
-    INLINE_CHARS,
-    Intake,
-    text_size,
-)
+from runner.intake import INLINE_CHARS, Intake, text_size
 from shared import protocol as p
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +50,7 @@ def drive(engine, intake: Intake, ids: set[int], timeout: float = 120.0  # noqa:
         assert time.monotonic() < deadline, f"no final reply for {open_ids}"
         out = engine.step() if engine.busy else []
         out += intake.step()
-        if not out and not engine.busy and not intake.computing:
+        if not out and not engine.busy:
             time.sleep(0.002)
         for message in out:
             rid = p.request_id(message)
@@ -129,40 +121,47 @@ def _cosine(a: bytes, b: bytes) -> float:
     return dot / math.sqrt(sum(u * u for u in x) * sum(v * v for v in y))
 
 
-def test_embedding_goes_a_small_group_at_a_time_while_others_generate(engine, intake: Intake
-                                                                      ) -> None:  # noqa: ANN001
+def test_embeddings_run_on_the_thread_while_the_loop_streams(engine, intake: Intake
+                                                             ) -> None:  # noqa: ANN001
     texts = [f"Sentence number {i} about rivers and bridges." for i in range(24)]
-    expected = engine.embed(p.Embed(0, texts)).vectors  # one go, nothing else running
+    expected = engine.embed(p.Embed(0, texts)).vectors  # in the loop, nothing else running
     engine.submit(p.Generate(50, prompt="Once upon a time", options={**GREEDY,
-                                                                     "num_predict": 200}))
-    # A machine where 64 tokens take MIXED_STEP_S (the measurement held there).
-    intake._embed_token_s = MIXED_STEP_S / 64
-    intake._time_embed = lambda n_tokens, seconds: None  # type: ignore[method-assign]
-    intake.submit(p.Embed(51, texts))
-    groups = 0
+                                                                     "num_predict": 2000}))
+    while not any(s.sequence and s.sequence.generated for s in engine.slots):
+        engine.step()
+    assert intake.submit(p.Embed(51, [texts[0]])) == []  # even one input goes to the thread
+    [one] = drive_until(engine, intake, 51)
+    intake.submit(p.Embed(52, texts))
+    tokens_meanwhile = 0
     replies: list[p.Message] = []
     while not replies:
-        assert engine.busy, "the stream ended before the embedding did"
-        engine.step()
-        before = intake._embeds[0].next if intake._embeds else None
-        replies = [m for m in intake.step() if p.request_id(m) == 51]
-        if before is not None:
-            groups += 1
-    [result] = replies
+        tokens_meanwhile += sum(isinstance(m, p.Chunk) for m in engine.step())
+        replies = [m for m in intake.step() if p.request_id(m) == 52]
     engine.cancel(50)
-    assert isinstance(result, p.Embeddings) and len(result.vectors) == len(texts)
-    tokens = sum(len(engine.tokenize(t)) for t in texts)
-    assert groups >= math.ceil(tokens / 64)  # not one decode
+    [result] = replies
+    assert isinstance(one, p.Embeddings) and isinstance(result, p.Embeddings)
+    assert len(result.vectors) == len(texts) and result.prompt_eval_count > len(texts)
     assert all(_cosine(a, b) > 0.999 for a, b in zip(result.vectors, expected, strict=True))
+    assert _cosine(one.vectors[0], expected[0]) > 0.999
+    assert tokens_meanwhile > 0  # the stream went on while the inputs were decoded
+
+
+def drive_until(engine, intake: Intake, request_id: int) -> list[p.Message]:  # noqa: ANN001
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline
+        engine.step()
+        if found := [m for m in intake.step() if p.request_id(m) == request_id]:
+            return found
 
 
 def test_cancel_drops_an_embedding_in_progress(engine, intake: Intake) -> None:  # noqa: ANN001
-    engine.submit(p.Generate(60, prompt="Once", options={**GREEDY, "num_predict": 100}))
-    intake.submit(p.Embed(61, [f"text {i}" for i in range(200)]))
-    engine.step()
-    intake.step()
+    intake.submit(p.Embed(61, [f"text {i}" for i in range(500)]))
     assert intake.pending == 1 and intake.cancel(61) and intake.pending == 0
-    engine.cancel(60)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert intake.step() == []
+        time.sleep(0.01)
 
 
 def test_context_goes_out_without_bos_and_comes_back_with_one(engine, intake: Intake
@@ -242,12 +241,3 @@ def test_prompts_beside_streams_are_read_in_chunks_that_fit_the_measured_speed(e
         engine.cancel(91)
         engine._token_s = measured
 
-
-def test_embedding_groups_fit_the_measured_speed(intake: Intake) -> None:
-    assert intake._embed_budget() == EMBED_TOKENS_WHILE_DECODING  # nothing measured yet
-    intake._time_embed(100, MIXED_STEP_S)  # 100 tokens took a step's time
-    assert intake._embed_budget() == 100
-    intake._embed_token_s = 10.0
-    assert intake._embed_budget() == EMBED_TOKENS_MIN
-    intake._embed_token_s = 1e-9
-    assert intake._embed_budget() == EMBED_TOKENS_MAX
