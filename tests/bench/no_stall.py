@@ -122,8 +122,8 @@ def main() -> int:
     runs = iter(range(10**6))
 
     def generate(url: str) -> int:
-        # Each run's prompt ends differently: the kept tail is not in any slot's cache.
-        body = {"model": MODEL, "prompt": f"{prompt} (run {next(runs)})", "stream": False,
+        # Each run's prompt starts differently: what the cut keeps is in no slot's cache.
+        body = {"model": MODEL, "prompt": f"Run {next(runs)}. {prompt}", "stream": False,
                 "options": {"num_predict": 1}}
         return httpx.post(url + "/api/generate", json=body, timeout=900).status_code
 
