@@ -44,9 +44,12 @@ SETTLE_TOKENS = 20  # tokens of the stream before the intruder is sent
 CONTROL_S = 60.0  # longest control window (the stream alone) after each intruder
 
 
-def big_prompt(megabytes: float) -> str:
-    n = int(megabytes * 1_000_000 / len(PARAGRAPH)) + 1
-    return (PARAGRAPH * n)[: int(megabytes * 1_000_000)]
+def big_prompt(megabytes: float, salt: str = "") -> str:
+    """About `megabytes` of English; a `salt` changes every paragraph, so that no two runs share
+    the tokens a cut keeps (they would be read from a slot's cache)."""
+    paragraph = PARAGRAPH.replace("river", f"river{salt}")
+    n = int(megabytes * 1_000_000 / len(paragraph)) + 1
+    return (paragraph * n)[: int(megabytes * 1_000_000)]
 
 
 def embed_inputs(count: int) -> list[str]:
@@ -114,16 +117,15 @@ def main() -> int:
     parser.add_argument("--mb", type=float, default=10.0, help="size of the big prompt")
     parser.add_argument("--inputs", type=int, default=1000, help="inputs of the big embed")
     parser.add_argument("--root", type=Path, default=ROOT, help="corral checkout to serve")
+    parser.add_argument("--only", choices=("generate", "embed"), help="one intruder only")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
-    prompt = big_prompt(args.mb)
     inputs = embed_inputs(args.inputs)
 
     runs = iter(range(10**6))
 
     def generate(url: str) -> int:
-        # Each run's prompt starts differently: what the cut keeps is in no slot's cache.
-        body = {"model": MODEL, "prompt": f"Run {next(runs)}. {prompt}", "stream": False,
+        body = {"model": MODEL, "prompt": big_prompt(args.mb, str(next(runs))), "stream": False,
                 "options": {"num_predict": 1}}
         return httpx.post(url + "/api/generate", json=body, timeout=900).status_code
 
@@ -133,6 +135,8 @@ def main() -> int:
 
     intruders = {f"/api/generate, {args.mb:g} MB prompt": generate,
                  f"/api/embed, {args.inputs} inputs": embed}
+    if args.only:
+        intruders = {name: fn for name, fn in intruders.items() if args.only in name}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in intruders}
     err = Console(stderr=True)
     with tempfile.TemporaryDirectory() as tmp:
