@@ -7,6 +7,7 @@ the wrong JSON type is a 400 naming the option.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from shared import protocol as p
@@ -40,6 +41,7 @@ OPTION_TYPES: dict[str, tuple[type, Any]] = {
 }
 
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", list: "[]string"}
+_INT64 = 2**63
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -48,11 +50,13 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif kind is int:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) \
+                and -_INT64 <= value < _INT64:  # what Go's int holds (and msgpack carries)
             return int(value)  # JSON numbers are truncated, as in Go
     elif kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            with contextlib.suppress(OverflowError):  # an integer beyond any float
+                return float(value)
     elif kind is list:
         if isinstance(value, str):
             return [value]

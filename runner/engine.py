@@ -404,6 +404,9 @@ class Engine:
             bos = [llama_cpp.llama_vocab_bos(self.vocab)]
             head, new = (bos, tokens[1:]) if tokens[:1] == bos else ([], tokens)
             earlier = list(request.context)
+            if not all(0 <= token < self.n_vocab for token in earlier):
+                raise BadRequest(f"context holds a token id outside the vocabulary "
+                                 f"(0 to {self.n_vocab - 1})")
             tokens = head + (earlier[1:] if earlier[:1] == bos else earlier) + new
         if len(tokens) > limit:
             if not request.truncate:

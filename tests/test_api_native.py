@@ -87,6 +87,17 @@ def test_generate_context_continues_the_conversation(corral_server: LiveServer) 
     assert len(after["context"]) == after["prompt_eval_count"] - 1 + after["eval_count"]
 
 
+def test_a_context_that_is_not_token_ids_is_a_400(corral_server: LiveServer) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    for context in ([10**30], [-1], ["a"], [1.5], [10**9]):  # the last: past the vocabulary
+        reply = httpx.post(corral_server.url + "/api/generate", json={**body, "context": context},
+                           timeout=120)
+        assert reply.status_code == 400, (context, reply.text)
+        assert "context" in reply.json()["error"]
+    assert httpx.post(corral_server.url + "/api/generate", json=body, timeout=120
+                      ).status_code == 200  # the runner serves on
+
+
 # --- legacy embeddings -------------------------------------------------------------------------
 
 

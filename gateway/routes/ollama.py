@@ -131,6 +131,8 @@ async def generate(request: Request) -> Response:
     raw = field(data, "raw", bool, False)
     system = field(data, "system", str)
     context = field(data, "context", list)
+    if context and not all(type(t) is int and 0 <= t < 2**31 for t in context):
+        raise BadRequest("context must be a list of token ids")
     if raw and (data.get("template") or system or context):
         raise BadRequest("raw mode does not support template, system, or context")
     suffix = field(data, "suffix", str, "")
