@@ -6,7 +6,8 @@ In-process on corral's engine (the runner's code), bundled model, greedy, 16 new
 one request at a time. Every conversation's first turn (~260 tokens), then every second turn:
 with more conversations than slots, a conversation's slot is taken before it comes back. Then
 the engine is closed and loaded again (the disk cache: CORRAL_PROMPT_CACHE_DIR) and every third
-turn is sent. "off" is CORRAL_PROMPT_CACHE=0; its third turns are the cold reference.
+turn is sent. "off" is CORRAL_PROMPT_CACHE=0;
+its third turns are the cold reference, paired run by run.
 """
 
 from __future__ import annotations
@@ -79,25 +80,40 @@ def measure(model: str, slots: int, n: int, cache: int, disk_dir: str) -> list[f
     return [statistics.median(t) * 1000 for t in turns]
 
 
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """Median, and the range when there was more than one run."""
+    middle = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.many_conversations")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=1, help="repeats of each setting, alternated")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     model = bundled_model_path()
+    settings = (("off", 0), ("RAM + disk", 512 * 2**20))
+    results: dict[str, list[list[float]]] = {label: [] for label, _ in settings}
+    for _ in range(args.runs):
+        for label, cache in settings:
+            with tempfile.TemporaryDirectory() as disk:
+                results[label].append(measure(model, args.slots, args.conversations, cache, disk))
     table = Table(title=f"{args.conversations} conversations on {args.slots} slots, first-token "
-                        "p50 (ms), one request at a time")
+                        f"p50 (ms), one request at a time; median (range) of {args.runs} run(s)")
     for column in ("prompt cache", "turn 1", "turn 2", "turn 2 / turn 1",
-                   "turn 3 after reload", "reload / turn 1"):
+                   "turn 3 after reload", "turn 3 / cold turn 3"):
         table.add_column(column, justify="left" if column == "prompt cache" else "right")
-    with tempfile.TemporaryDirectory() as disk:
-        for label, cache in (("off", 0), ("RAM + disk", 512 * 2**20)):
-            t1, t2, t3 = measure(model, args.slots, args.conversations, cache, disk)
-            table.add_row(label, f"{t1:.0f}", f"{t2:.0f}", f"{t2 / t1:.2f}x", f"{t3:.0f}",
-                          f"{t3 / t1:.2f}x")
-    Console().print(table)
-
+    cold = [run[2] for run in results["off"]]  # turn 3 with no cache: read from scratch
+    for label, runs in results.items():
+        table.add_row(label, spread([r[0] for r in runs]), spread([r[1] for r in runs]),
+                      spread([r[1] / r[0] for r in runs], "{:.2f}x"),
+                      spread([r[2] for r in runs]),
+                      spread([r[2] / c for r, c in zip(runs, cold, strict=True)], "{:.2f}x"))
+    Console(width=120).print(table)
 
 if __name__ == "__main__":
     main()
