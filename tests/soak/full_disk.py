@@ -62,8 +62,10 @@ def run(scale: Scale, source: Path, folder: Path) -> Row:
                        for name in (m["name"] for m in httpx.get(
                            server.url + "/api/tags", timeout=30).json()["models"])):
                     problems.append("a model appeared from a failed pull or create")
-                if generate(server.url).status_code != 200:
-                    problems.append("the server stopped serving")
+                served = generate(server.url)
+                if served.status_code != 200:
+                    problems.append(f"the server stopped serving: {served.status_code} "
+                                    f"{served.text[:200]}")
                 freed = verify(server.models, repair=True, partials=True).removed
                 pull_error, create_error = errors[-1:] or ["-"], reply.text[:120]
     finally:
