@@ -217,6 +217,9 @@ class PtySession:
             env=dict(env, TERM="dumb"),
             cwd=REPO,
             close_fds=True,
+            # A suite started in the background by a shell without job control inherits SIGINT
+            # ignored, and Python then never turns Ctrl+C into KeyboardInterrupt: restore it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         os.close(slave)
         self.buf = ""
