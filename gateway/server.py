@@ -75,7 +75,11 @@ def serve_forever(settings: Settings | None = None) -> int:
         if removed:
             log.info("pruned %d unused file(s) from %s", len(removed), store.blobs_dir)
     notifier.status("importing the bundled model")
-    name = import_bundled_model(store)
+    try:
+        name = import_bundled_model(store)
+    except OSError as exc:  # a full or read-only disk: serve the models already there
+        log.warning("could not import the bundled model: %s", exc)
+        name = None
     if name is not None:
         log.info("bundled model %s is ready", name)
     asyncio.run(_serve(settings, store, notifier))

@@ -117,3 +117,32 @@ def test_reimport_reuses_existing_blob(imported: Store) -> None:
     assert import_bundled_model(imported) == BUNDLED_NAME
     assert blob.stat().st_mtime_ns == blob_stamp  # not streamed again
     assert manifest_file.read_bytes() == manifest_bytes
+
+
+def test_a_full_disk_at_start_leaves_the_server_serving_without_the_bundled_model(
+        tmp_path: Path) -> None:
+    """The import runs at every start: a disk too full for it must not stop the server."""
+    import subprocess
+
+    import httpx
+
+    from tests.conftest import start_server
+
+    models = tmp_path / "models"
+    models.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(models)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+    try:
+        server = start_server(models, tmp_path / "serve.log")
+        try:
+            tags = httpx.get(server.url + "/api/tags", timeout=30)
+            assert tags.status_code == 200 and tags.json() == {"models": []}
+        finally:
+            server.stop()
+        log = (tmp_path / "serve.log").read_text()
+        assert "could not import the bundled model" in log and "No space left" in log
+        assert not list((models / "blobs").glob("*")), "a half-written blob was left"
+    finally:
+        subprocess.run(["umount", "-l", str(models)], check=False)
