@@ -13,12 +13,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import metrics, openapi
 from gateway.accesslog import AccessLog
 from gateway.bodylimit import BodyLimit
 from gateway.hostcheck import HostCheck, guards
-from gateway.http import json_response
+from gateway.http import SERVER_SEND, json_response
 from gateway.inference import Inference
 from gateway.routes import models, oci, ollama, openai, transfer
 from gateway.team.keys import KeyRing
@@ -82,6 +83,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error(request, 500, f"internal error: {exc}")
 
 
+class App(Starlette):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Streamed bodies write through the server's own send (gateway.http.Stream).
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, store: Store) -> Starlette:
     pool = RunnerPool(settings)
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
@@ -99,7 +107,7 @@ def create_app(settings: Settings, store: Store) -> Starlette:
             await pool.close()
             team.close()
 
-    app = Starlette(
+    app = App(
         routes=routes,
         middleware=[*([Middleware(HostCheck)] if guards(settings.host.host) else []),
                     Middleware(CORSMiddleware, allow_origin_regex=origin_regex(settings.origins),

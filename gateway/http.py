@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shared.errors import BadRequest, CorralError
 
@@ -66,13 +67,40 @@ def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     return value
 
 
-def ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(_encode(lines), media_type=NDJSON_TYPE)
+# Where the app (gateway/app.py) keeps the HTTP server's own `send` in the request's scope.
+SERVER_SEND = "corral.server_send"
 
 
-async def _encode(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    async for line in lines:
-        yield line.encode()
+class Stream(StreamingResponse):
+    """A streamed reply whose body pieces go straight to the HTTP server's `send`.
+
+    The middlewares (error pages, CORS, host check, keys, usage, access log) act on the start
+    of a reply, which still passes through all of them, and hand body pieces on unchanged; each
+    wraps `send`, so a piece would cross five wrappers on its way out. Skipping them per piece
+    keeps their behaviour and takes that cost off the per-token path.
+    """
+
+    _server_send: Send | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._server_send = scope.get(SERVER_SEND)
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        out = self._server_send or send
+        charset = self.charset
+        async for chunk in self.body_iterator:
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(charset)
+            await out({"type": "http.response.body", "body": chunk, "more_body": True})
+        await out({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def ndjson(lines: AsyncIterator[bytes] | AsyncIterator[str]) -> StreamingResponse:
+    """An NDJSON stream; str pieces are encoded (UTF-8), bytes go out as they are."""
+    return Stream(lines, media_type=NDJSON_TYPE)
 
 
 class ClientDisconnected(CorralError):

@@ -144,15 +144,19 @@ class Generation:
     """A started generation: its first message has arrived, so a failure before any output
     (unknown model, load error, prompt too long) raises before the HTTP status is sent.
 
+    `batches()` gives the events as they arrive, a list per wake-up (a stream writes each list
+    as one piece); iterating gives them one by one.
+
     With a `ThinkingParser`, the model's thinking comes out as `Thinking` events; with a
     `CallParser`, the rest is split into content chunks and `ToolCalls` events. With `count`
     (a tokenizer's length), `thinking_tokens` is the thinking's token count once Done is out.
     """
 
-    def __init__(self, first: p.Chunk | p.Done, rest: AsyncIterator[p.Chunk | p.Done],
+    def __init__(self, first: list[p.Chunk | p.Done],
+                 rest: AsyncIterator[list[p.Chunk | p.Done]],
                  parser: CallParser | None = None, thinker: ThinkingParser | None = None,
                  count: Callable[[str], Awaitable[int]] | None = None) -> None:
-        self._first: p.Chunk | p.Done | None = first
+        self._first: list[p.Chunk | p.Done] | None = first
         self._rest = rest
         self._parser = parser
         self._thinker = thinker
@@ -160,7 +164,7 @@ class Generation:
         self.thinking_tokens = 0
 
     @classmethod
-    async def start(cls, stream: AsyncIterator[p.Chunk | p.Done],
+    async def start(cls, stream: AsyncIterator[list[p.Chunk | p.Done]],
                     parser: CallParser | None = None, thinker: ThinkingParser | None = None,
                     count: Callable[[str], Awaitable[int]] | None = None) -> Generation:
         try:
@@ -170,47 +174,56 @@ class Generation:
             raise
         return cls(first, stream, parser, thinker, count)
 
-    async def _messages(self) -> AsyncIterator[p.Chunk | p.Done]:
+    async def _messages(self) -> AsyncIterator[list[p.Chunk | p.Done]]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
-        async for message in self._rest:
-            yield message
+        async for batch in self._rest:
+            yield batch
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
         parser, thinker = self._parser, self._thinker
         if parser is None and thinker is None:
-            async for message in self._messages():
-                yield message
+            async for batch in self._messages():
+                yield batch  # type: ignore[misc]
             return
         held: list[dict[str, Any]] = []  # logprobs of text the parsers hold back
         thought: list[str] = []
-        async for message in self._messages():
-            final = isinstance(message, p.Done)
-            if final:
-                thinking, text = thinker.finish() if thinker else ("", "")
-            else:
-                held.extend(message.logprobs or ())
-                thinking, text = thinker.feed(message.text) if thinker else ("", message.text)
-            calls: list[Message] = []
-            if parser is not None:
-                text, calls = parser.feed(text)
+        async for batch in self._messages():
+            events: list[Event] = []
+            for message in batch:
+                final = isinstance(message, p.Done)
                 if final:
-                    rest, late = parser.finish()
-                    text, calls = text + rest, calls + late
-            if thinking:
-                thought.append(thinking)
-                yield Thinking(thinking, held or None)
-                held = []
-            if text:
-                yield p.Chunk(0, text, held or None)
-                held = []
-            if calls:
-                yield ToolCalls(calls)
-            if final:
-                if thought and self._count is not None:
-                    self.thinking_tokens = await self._count("".join(thought))
-                yield message
+                    thinking, text = thinker.finish() if thinker else ("", "")
+                else:
+                    held.extend(message.logprobs or ())
+                    thinking, text = thinker.feed(message.text) if thinker else ("", message.text)
+                calls: list[Message] = []
+                if parser is not None:
+                    text, calls = parser.feed(text)
+                    if final:
+                        rest, late = parser.finish()
+                        text, calls = text + rest, calls + late
+                if thinking:
+                    thought.append(thinking)
+                    events.append(Thinking(thinking, held or None))
+                    held = []
+                if text:
+                    events.append(p.Chunk(0, text, held or None))
+                    held = []
+                if calls:
+                    events.append(ToolCalls(calls))
+                if final:
+                    if thought and self._count is not None:
+                        self.thinking_tokens = await self._count("".join(thought))
+                    events.append(message)
+            if events:
+                yield events
 
     async def aclose(self) -> None:
         """Stop early: the runner cancels the sequence."""
@@ -360,11 +373,13 @@ class Inference:
                        context: list[int] | None = None, format_: Any = None,
                        shift: bool = True, tools: ToolUse | None = None,
                        logprobs: int = -1, think: ThinkUse | None = None,
-                       count_thinking: bool = False, as_written: bool = False) -> Generation:
+                       count_thinking: bool = False, as_written: bool = False,
+                       whole: bool = False) -> Generation:
         """Start a generation. With `tools` the prompt offers them and the reply is parsed for
         calls (and forced to be one when the tool choice says so). With `think` the template
         gets the think value and the reply's thinking is split from its content
-        (`count_thinking`: and its tokens counted). `as_written`: see template_prompt."""
+        (`count_thinking`: and its tokens counted). `as_written`: see template_prompt.
+        `whole`: the reply is collected, not streamed; the runner sends its text at the end."""
         tool_list = tools.tools if tools else None
         grammar = tools.grammar if tools else None
         if think is not None and (format_ or grammar):
@@ -391,7 +406,7 @@ class Inference:
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,
-                             tenant=team.tenant())
+                             tenant=team.tenant(), whole=whole)
         parser = tools.parser() if tools else None
         count = None
         if count_thinking and thinker is not None:
@@ -451,19 +466,24 @@ class Inference:
         grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) if choice else None
         return ToolUse(tools, fmt, grammar)
 
-    async def _stream(self, job: Job, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:
+    async def _stream(self, job: Job, request: p.Generate
+                      ) -> AsyncIterator[list[p.Chunk | p.Done]]:
         record = team.current()
         times = record.stream() if record is not None else None
         async with self.lease(job) as entry:
             stream = entry.runner.generate(request)
+            sent = time.perf_counter()
             try:
-                async for message in stream:
+                async for batch in stream:
                     if times is not None:  # usage, limits, metrics and the access log
-                        if isinstance(message, p.Chunk):
-                            times.chunk()
-                        else:
-                            record.done(message)  # type: ignore[union-attr]
-                    yield message
+                        for message in batch:
+                            if isinstance(message, p.Done):
+                                record.done(message)  # type: ignore[union-attr]
+                                if request.whole:  # the runner's timings, not the arrivals
+                                    times.whole(message, sent)
+                            elif not request.whole:
+                                times.chunk()
+                    yield batch
             finally:
                 await stream.aclose()  # cancels the sequence in the runner if we stop early
 

@@ -10,6 +10,8 @@ import time
 from datetime import UTC, datetime
 
 _NS_PER_S = 1_000_000_000
+_last_second: list[tuple[int, str]] = [(-1, "")]  # the latest second formatted (a token's
+# timestamp is formatted per streamed chunk: most fall in the second before)
 
 
 def rfc3339_nano(value: int | datetime | None = None) -> str:
@@ -21,7 +23,10 @@ def rfc3339_nano(value: int | datetime | None = None) -> str:
     else:
         ns = int(value)
     seconds, frac = divmod(ns, _NS_PER_S)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    cached, stamp = _last_second[0]
+    if cached != seconds:
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second[0] = (seconds, stamp)
     if frac:
         stamp += "." + f"{frac:09d}".rstrip("0")
     return stamp + "Z"

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,10 +50,41 @@ def exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
+class _Inbox:
+    """A generation's replies as they arrive. The reader appends; the reader wakes the request
+    only when it is waiting, and the request takes everything that has come at once, so a
+    gateway that falls behind handles many tokens per wake-up instead of one."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[p.Message] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, message: p.Message) -> None:
+        self.items.append(message)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def take(self) -> list[p.Message]:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+
 class RunnerProcess:
     """A runner subprocess and the requests in flight on it."""
 
     _ids = itertools.count(1)
+    # The program a runner runs. Only the gateway ceiling benchmark changes it, to a stand-in that
+    # speaks the same protocol without a model (tests/bench/standin_runner.py).
+    module = "runner.worker"
 
     def __init__(self, name: str, load: p.Load, runtime_dir: Path, *, debug: bool = False) -> None:
         self.name = name
@@ -64,7 +96,7 @@ class RunnerProcess:
         self.last_health: p.HealthReply | None = None  # its latest report (KV cache use, queue)
         self.dead: str | None = None  # why it stopped, once it has
         self._sock: zmq.asyncio.Socket | None = None
-        self._pending: dict[int, asyncio.Queue[p.Message]] = {}
+        self._pending: dict[int, asyncio.Queue[p.Message] | _Inbox] = {}
         self._load_reply: asyncio.Future[p.Message] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._request_ids = itertools.count(1)
@@ -86,7 +118,7 @@ class RunnerProcess:
         env = dict(os.environ)
         env["CORRAL_RUNNER_LOG"] = "DEBUG" if self.debug else "WARNING"
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner.worker", "--socket", self.endpoint,
+            sys.executable, "-m", self.module, "--socket", self.endpoint,
             stdin=asyncio.subprocess.DEVNULL, env=env,
         )
         sock = _context().socket(zmq.DEALER)
@@ -117,12 +149,13 @@ class RunnerProcess:
                 frame = await self._sock.recv()
             except (zmq.ZMQError, asyncio.CancelledError):
                 return
-            message = p.decode(frame)
-            rid = p.request_id(message)
-            if rid == 0 and self._load_reply and not self._load_reply.done():
-                self._load_reply.set_result(message)
-            elif (queue := self._pending.get(rid)) is not None:
-                queue.put_nowait(message)
+            pending = self._pending
+            for message in p.decode_many(frame):  # a step's output for all its sequences
+                rid = p.request_id(message)
+                if (queue := pending.get(rid)) is not None:
+                    queue.put_nowait(message)
+                elif rid == 0 and self._load_reply and not self._load_reply.done():
+                    self._load_reply.set_result(message)
 
     async def _watch(self) -> None:
         assert self.proc is not None
@@ -160,24 +193,32 @@ class RunnerProcess:
             raise CorralError(reply.message, reply.status)
         return reply
 
-    async def generate(self, request: p.Generate) -> AsyncIterator[p.Chunk | p.Done]:
-        """Stream a generation. Leaving the loop early cancels the sequence in the runner."""
-        rid, queue = self._open()
+    async def generate(self, request: p.Generate) -> AsyncIterator[list[p.Chunk | p.Done]]:
+        """Stream a generation, as lists of what has arrived since the last (Chunks, then a
+        Done at the end of the last list). Leaving the loop early cancels the sequence in the
+        runner."""
+        rid = next(self._request_ids)
+        inbox = _Inbox()
+        self._pending[rid] = inbox
         request.id = rid
         finished = False
         try:
             await self._send(request)
-            while True:
-                message = await queue.get()
-                if isinstance(message, p.Chunk):
-                    yield message
-                elif isinstance(message, p.Done):
-                    finished = True
-                    yield message
-                    return
-                elif isinstance(message, p.Error):
-                    finished = True
-                    raise CorralError(message.message, message.status)
+            while not finished:
+                batch: list[p.Chunk | p.Done] = []
+                for message in await inbox.take():
+                    if isinstance(message, p.Chunk):
+                        batch.append(message)
+                    elif isinstance(message, p.Done):
+                        finished = True
+                        batch.append(message)
+                        break
+                    elif isinstance(message, p.Error):
+                        finished = True
+                        if batch:
+                            yield batch
+                        raise CorralError(message.message, message.status)
+                yield batch
         finally:
             self._pending.pop(rid, None)
             if not finished and self.alive:

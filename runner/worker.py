@@ -20,6 +20,7 @@ import zmq
 from runner import devicemem
 from runner.engine import Engine, LoadError
 from runner.intake import Intake
+from runner.wholereply import WholeReplies
 from shared import protocol as p
 from shared.errors import CorralError
 
@@ -47,12 +48,20 @@ class Worker:
         self.peer: bytes | None = None
         self.engine: Engine | None = None
         self.intake: Intake | None = None  # prepares big requests off the loop
+        self.whole = WholeReplies()  # "stream": false replies, sent in one piece at the end
         self.running = True
         self.parent = os.getppid()
 
     def send(self, message: p.Message) -> None:
         if self.peer is not None:
             self.sock.send_multipart([self.peer, p.encode(message)])
+
+    def send_step(self, messages: list[p.Message]) -> None:
+        """What one step produced, for every sequence, in one frame (whole replies held back
+        until they are done)."""
+        messages = self.whole.route(messages)
+        if messages and self.peer is not None:
+            self.sock.send_multipart([self.peer, p.encode_many(messages)])
 
     def receive(self, timeout_ms: int) -> list[p.Message]:
         messages: list[p.Message] = []
@@ -76,14 +85,14 @@ class Worker:
             wait = intake.wait_ms(_IDLE_POLL_MS) if intake is not None else _IDLE_POLL_MS
             for message in self.receive(0 if busy else wait):
                 self.handle(message)
+            out: list[p.Message] = []
             if self.engine is not None and self.engine.busy:
-                for out in self.engine.step():
-                    self.send(out)
+                out = self.engine.step()
             elif os.getppid() != self.parent:
                 return  # the gateway is gone
-            if self.intake is not None:
-                for out in self.intake.step():
-                    self.send(out)
+            if self.intake is not None and (prepared := self.intake.step()):
+                out = out + prepared
+            self.send_step(out)
 
     def handle(self, message: p.Message) -> None:
         engine = self.engine
@@ -106,8 +115,11 @@ class Worker:
             case _ if engine is None:
                 self.send(p.Error(p.request_id(message), "model is not loaded"))
             case p.Generate() | p.Embed() | p.Tokenize():
+                if isinstance(message, p.Generate) and message.whole:
+                    self.whole.start(message.id)
                 self.guard(message.id, self.submit, message)
             case p.Cancel(id=rid):
+                self.whole.drop(rid)
                 if self.intake is None or not self.intake.cancel(rid):
                     engine.cancel(rid)
             case _:
@@ -115,16 +127,17 @@ class Worker:
 
     def submit(self, message: p.Generate | p.Embed | p.Tokenize) -> None:
         assert self.intake is not None
-        for out in self.intake.submit(message):
-            self.send(out)
+        self.send_step(self.intake.submit(message))
 
     def guard(self, request_id: int, fn, message: p.Message) -> None:  # noqa: ANN001
         try:
             fn(message)
         except CorralError as exc:
+            self.whole.drop(request_id)
             self.send(p.Error(request_id, exc.message, exc.status))
         except Exception as exc:  # the runner must outlive one bad request
             log.exception("request %s failed", request_id)
+            self.whole.drop(request_id)
             self.send(p.Error(request_id, f"runner error: {exc}"))
 
     def load(self, message: p.Load) -> None:
@@ -142,6 +155,7 @@ class Worker:
             parallel=engine.parallel, model_bytes=engine.model_bytes, kv_bytes=engine.kv_bytes(),
             device=engine.device, cpu_config=engine.cpu_config,
             device_bytes=buffers.device_bytes(),
+            buffer_bytes=dict(buffers.by_kind),
         ))
 
     def close(self) -> None:

@@ -69,6 +69,9 @@ class Generate:
     # The API key's name ("anonymous" without keys; "" for everyone when fair sharing is off):
     # the runner's free slots go round-robin across tenants.
     tenant: str = ""
+    # The reply is read whole ("stream": false): the runner sends all the text (and logprobs)
+    # in one Chunk just before Done, with the per-token timings in `Done.token_gaps`.
+    whole: bool = False
 
 
 @dataclass(slots=True)
@@ -132,6 +135,9 @@ class Ready:
     cpu_config: str = "optimized"  # or "safe (...)": why the extra CPU buffer types are off
     # Bytes llama.cpp allocated per GPU device ("CUDA0": n), from its load log; {} on the CPU.
     device_bytes: dict[str, int] = field(default_factory=dict)
+    # Bytes llama.cpp allocated by kind over all devices ("weights", "kv", "compute", "output"),
+    # from the same log: what the memory estimate is held against.
+    buffer_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -158,6 +164,9 @@ class Done:
     context: list[int] = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens served from the KV cache
     queue_duration: int = 0  # ns it waited in the runner for a free slot
+    # For a whole reply (`Generate.whole`): microseconds between the pieces of text, in order,
+    # which a stream's chunks would have shown (the metrics' inter-token latency).
+    token_gaps: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -194,6 +203,16 @@ class HealthReply:
     prompt_cache: list[int] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Batch:
+    """Several replies in one frame: what one runner step produced for all its sequences, so a
+    step costs one ZeroMQ message and one msgpack pass however many streams it advanced. Only
+    `encode_many`/`decode_many` make and open it; it never reaches the code above them."""
+
+    TAG: ClassVar[int] = 27
+    messages: list[Any]
+
+
 Message = (
     Load | Generate | Cancel | Embed | Tokenize | Health | Shutdown
     | Ready | Chunk | Done | Error | Embeddings | Tokens | HealthReply | SetThreads
@@ -218,13 +237,33 @@ def encode(message: Message) -> bytes:
     return _packer.pack([message.TAG, *(getattr(message, n) for n in _FIELDS[type(message)])])
 
 
-def decode(frame: bytes) -> Message:
-    tag, *fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+def encode_many(messages: list[Message]) -> bytes:
+    """One frame for all of `messages` (a `Batch`; a single message goes as itself)."""
+    if len(messages) == 1:
+        return encode(messages[0])
+    return _packer.pack([Batch.TAG, [[m.TAG, *(getattr(m, n) for n in _FIELDS[type(m)])]
+                                     for m in messages]])
+
+
+def _build(tag: Any, fields: list[Any]) -> Message:
     try:
         cls = _BY_TAG[tag]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown message tag {tag!r}") from None
     return cls(*fields)
+
+
+def decode(frame: bytes) -> Message:
+    tag, *fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    return _build(tag, fields)
+
+
+def decode_many(frame: bytes) -> list[Message]:
+    """The messages of a frame: the items of a `Batch`, or the one message it holds."""
+    tag, *fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    if tag != Batch.TAG:
+        return [_build(tag, fields)]
+    return [_build(item[0], item[1:]) for item in fields[0]]
 
 
 def request_id(message: Message) -> int:

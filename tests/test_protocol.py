@@ -50,3 +50,21 @@ def test_unknown_tag_is_rejected() -> None:
 
 def test_token_chunks_stay_small() -> None:
     assert len(p.encode(p.Chunk(123456, " the"))) < 16
+
+
+def test_a_step_goes_as_one_frame_and_comes_back_in_order() -> None:
+    entry = {"token": " a", "logprob": -1.0, "bytes": [32, 97], "top_logprobs": []}
+    step = [p.Chunk(1, " the"), p.Chunk(2, " a", [entry]),
+            p.Done(3, "length", 4, 10, 2, 20, [1, 2], token_gaps=[900, 1100]), p.Error(4, "x")]
+    frame = p.encode_many(step)
+    assert p.decode_many(frame) == step
+    with pytest.raises(ValueError):
+        p.decode(frame)  # a batch is opened only by decode_many
+    # A step with one message sends it as itself, which the plain decoder reads too.
+    assert p.decode_many(p.encode_many([p.Chunk(1, "x")])) == [p.Chunk(1, "x")]
+    assert p.decode(p.encode_many([p.Chunk(1, "x")])) == p.Chunk(1, "x")
+
+
+def test_an_unknown_tag_inside_a_batch_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        p.decode_many(b"\x92\x1b\x91\x91\x7f")  # [27, [[127]]]

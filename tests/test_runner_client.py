@@ -25,16 +25,22 @@ async def test_load_generate_tokenize_and_frozen_runner(model_path: str, tmp_pat
         assert tokens[0] == 2 and len(tokens) >= 3  # BOS first
 
         # Two requests in flight on one connection, each answered under its own id.
-        async def run(prompt: str) -> str:
-            parts = []
-            async for m in runner.generate(p.Generate(0, prompt=prompt,
-                                                      options={"num_predict": 4,
-                                                               "temperature": 0})):
-                if isinstance(m, p.Chunk):
-                    parts.append(m.text)
-            return "".join(parts)
-        a, b = await asyncio.gather(run("The capital of France is"), run("1, 2, 3,"))
+        async def run(prompt: str, whole: bool = False) -> tuple[str, list[p.Message]]:
+            parts, messages = [], []
+            async for batch in runner.generate(p.Generate(0, prompt=prompt, whole=whole,
+                                                          options={"num_predict": 4,
+                                                                   "temperature": 0})):
+                messages.extend(batch)
+                parts.extend(m.text for m in batch if isinstance(m, p.Chunk))
+            return "".join(parts), messages
+        (a, _), (b, _) = await asyncio.gather(run("The capital of France is"), run("1, 2, 3,"))
         assert a and b and a != b
+        # Read whole: the same text in one Chunk before Done, which carries the token timings.
+        text, messages = await run("The capital of France is", whole=True)
+        assert text == a and [type(m) for m in messages] == [p.Chunk, p.Done]
+        done = messages[-1]
+        assert isinstance(done, p.Done) and done.eval_count == 4
+        assert len(done.token_gaps) >= 1 and all(g >= 0 for g in done.token_gaps)
         assert await runner.health(timeout=5)
 
         os.kill(runner.pid, signal.SIGSTOP)  # alive but answering nothing

@@ -80,6 +80,20 @@ def _with_logprobs(line: str, chunk: p.Chunk | Thinking) -> str:
     return line[:-2] + ',"logprobs":' + dumps(chunk.logprobs) + "}\n"
 
 
+def _line(event: Any, chunk_line: Callable[[str], str],
+          final: Callable[[Collected | None, p.Done], dict[str, Any]],
+          calls_line: Callable[[list[dict[str, Any]]], str] | None,
+          thinking_line: Callable[[str], str] | None) -> str:
+    """The NDJSON line of one event ("" for an event this endpoint does not show)."""
+    if isinstance(event, p.Chunk):
+        return _with_logprobs(chunk_line(event.text), event)
+    if isinstance(event, Thinking):
+        return _with_logprobs(thinking_line(event.text), event) if thinking_line else ""
+    if isinstance(event, ToolCalls):
+        return calls_line(event.calls) if calls_line else ""
+    return dumps(final(None, event)) + "\n"
+
+
 async def _reply(
     request: Request,
     generation: Generation,
@@ -100,21 +114,14 @@ async def _reply(
         collected = await unless_disconnected(request, generation.collect())
         return json_response(final(collected, collected.done))
 
-    async def lines() -> AsyncIterator[str]:
-        try:
-            async for event in generation:
-                if isinstance(event, p.Chunk):
-                    yield _with_logprobs(chunk_line(event.text), event)
-                elif isinstance(event, Thinking):
-                    if thinking_line is not None:
-                        yield _with_logprobs(thinking_line(event.text), event)
-                elif isinstance(event, ToolCalls):
-                    if calls_line is not None:
-                        yield calls_line(event.calls)
-                else:
-                    yield dumps(final(None, event)) + "\n"
+    async def lines() -> AsyncIterator[bytes]:
+        try:  # what arrived together goes out as one write
+            async for batch in generation.batches():
+                if text := "".join([_line(event, chunk_line, final, calls_line, thinking_line)
+                                    for event in batch]):
+                    yield text.encode()
         except CorralError as exc:  # mid-stream failure: status is already 200
-            yield dumps({"error": exc.message}) + "\n"
+            yield (dumps({"error": exc.message}) + "\n").encode()
 
     return ndjson(lines())
 
@@ -151,7 +158,7 @@ async def generate(request: Request) -> Response:
 
     limits = {"truncate": field(data, "truncate", bool, True),
               "shift": field(data, "shift", bool, True), "format_": _format(data),
-              "logprobs": _logprobs(data)}
+              "logprobs": _logprobs(data), "whole": not field(data, "stream", bool, True)}
     if suffix:  # fill in the middle: the TEMPLATE runs on .Prompt and .Suffix
         work = inference.generate(job, prompt=inference.fill_in_middle(model, prompt, suffix),
                                   **limits)
@@ -214,7 +221,8 @@ async def chat(request: Request) -> Response:
     generation = await unless_disconnected(request, inference.generate(
         job, messages=inference.chat_messages(model, messages), format_=_format(data),
         truncate=field(data, "truncate", bool, True), shift=field(data, "shift", bool, True),
-        tools=tool_use, logprobs=_logprobs(data), think=think))
+        tools=tool_use, logprobs=_logprobs(data), think=think,
+        whole=not field(data, "stream", bool, True)))
     head = '{"model":' + dumps(name) + ',"created_at":"'
 
     def chunk_line(text: str) -> str:
@@ -344,8 +352,9 @@ async def ps(request: Request) -> Response:
                 "reported": _reported(entry.runner.last_health),
                 "prompt_cache": _prompt_cache([entry]),
             })
-        # Sizes add up over replicas: each holds its own copy of the model.
-        size = sum(e.estimate.total for e in group)
+        # Sizes add up over replicas: each holds its own copy of the model. The estimate where it
+        # was placed: llama.cpp's buffers on GPUs, the runner's RAM on the CPU.
+        size = sum(e.placement.size for e in group)
         size_vram = sum(min(0 if e.simulated else e.placement.size_vram, e.estimate.total)
                         for e in group)
         models.append({
@@ -372,9 +381,11 @@ async def ps(request: Request) -> Response:
                 "active": sum(r["active"] for r in runners),
                 "queued": sum(r["queued"] for r in runners),
                 "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
-                             "total": need.total},  # one replica's
+                             "total": need.total, "host_total": need.host_total},  # one replica's
                 "measured": {
                     "weights": first.ready.model_bytes,
+                    # llama.cpp's buffers by kind, from its load log (all devices).
+                    "buffers": first.ready.buffer_bytes,
                     "rss": sum(r["measured"]["rss"] for r in runners),
                     "vram": None if vram is None else sum(r["measured"]["vram"]
                                                           for r in runners),

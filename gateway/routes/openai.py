@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.http import dumps, field, json_response, read_json, unless_disconnected
+from gateway.http import Stream, dumps, field, json_response, read_json, unless_disconnected
 from gateway.inference import (
     Event,
     Generation,
@@ -319,18 +319,20 @@ async def _start_all(works: list[Awaitable[Generation]]) -> list[Generation]:
     return [r for r in results if isinstance(r, Generation)]
 
 
-async def _merged(generations: list[Generation]) -> AsyncIterator[tuple[int, Event]]:
-    """Events of several generations as they come, tagged with the generation's index."""
+async def _merged(generations: list[Generation]
+                  ) -> AsyncIterator[tuple[int, list[Event]]]:
+    """Events of several generations as they come, a list per arrival, tagged with the
+    generation's index."""
     if len(generations) == 1:  # the common case: no queue hop per token
-        async for event in generations[0]:
-            yield 0, event
+        async for batch in generations[0].batches():
+            yield 0, batch
         return
-    queue: asyncio.Queue[tuple[int, Event | BaseException | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, list[Event] | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int, generation: Generation) -> None:
         try:
-            async for event in generation:
-                await queue.put((index, event))
+            async for batch in generation.batches():
+                await queue.put((index, batch))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             await queue.put((index, exc))
         await queue.put((index, None))
@@ -367,7 +369,7 @@ def _stream(events: AsyncIterator[bytes]) -> StreamingResponse:
 
     # The header set as is: Starlette would add "; charset=utf-8" to a text/* media type, which
     # neither OpenAI nor Ollama sends.
-    return StreamingResponse(body(), headers={"content-type": "text/event-stream"})
+    return Stream(body(), headers={"content-type": "text/event-stream"})
 
 
 def _chunk_head(base: dict[str, Any]) -> bytes:
@@ -409,7 +411,8 @@ async def chat_completions(request: Request) -> Response:
     jobs = _jobs(inference, model, data, _choices(data))
     generations = await unless_disconnected(request, _start_all([
         inference.generate(job, messages=messages, format_=format_, tools=tool_use,
-                           logprobs=logprobs, think=think, count_thinking=True)
+                           logprobs=logprobs, think=think, count_thinking=True,
+                           whole=not field(data, "stream", bool, False))
         for job in jobs]))
 
     def reasoning() -> int:  # the choices' thinking tokens, counted as each one ends
@@ -436,32 +439,36 @@ async def chat_completions(request: Request) -> Response:
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     head = _chunk_head(base)
 
+    started: set[int] = set()
+    called: set[int] = set()
+    dones: dict[int, p.Done] = {}
+
+    def event_bytes(index: int, event: Event) -> bytes:
+        if isinstance(event, p.Done):
+            dones[index] = event
+            choice = {"index": index, "delta": {},
+                      "finish_reason": _finish_reason(event, index in called)}
+            return _sse({**base, "choices": [choice]})
+        delta: dict[str, Any] = {} if index in started else {"role": "assistant"}
+        started.add(index)
+        choice = {"index": index, "delta": delta, "finish_reason": None}
+        if isinstance(event, ToolCalls):
+            called.add(index)
+            delta["tool_calls"] = _openai_calls(event.calls, streamed=True)
+        elif isinstance(event, Thinking):
+            delta.update(_reasoning(event.text))
+            if logprobs >= 0:
+                choice["logprobs"] = {"content": event.logprobs or []}
+        else:
+            delta["content"] = event.text
+            if logprobs >= 0:
+                choice["logprobs"] = {"content": event.logprobs or []}
+        return head + dumps(choice).encode() + b"]}\n\n"
+
     async def events() -> AsyncIterator[bytes]:
-        started: set[int] = set()
-        called: set[int] = set()
-        dones: dict[int, p.Done] = {}
-        async for index, event in _merged(generations):
-            if isinstance(event, p.Done):
-                dones[index] = event
-                choice = {"index": index, "delta": {},
-                          "finish_reason": _finish_reason(event, index in called)}
-                yield _sse({**base, "choices": [choice]})
-                continue
-            delta: dict[str, Any] = {} if index in started else {"role": "assistant"}
-            started.add(index)
-            choice = {"index": index, "delta": delta, "finish_reason": None}
-            if isinstance(event, ToolCalls):
-                called.add(index)
-                delta["tool_calls"] = _openai_calls(event.calls, streamed=True)
-            elif isinstance(event, Thinking):
-                delta.update(_reasoning(event.text))
-                if logprobs >= 0:
-                    choice["logprobs"] = {"content": event.logprobs or []}
-            else:
-                delta["content"] = event.text
-                if logprobs >= 0:
-                    choice["logprobs"] = {"content": event.logprobs or []}
-            yield head + dumps(choice).encode() + b"]}\n\n"
+        async for index, batch in _merged(generations):  # what arrived together: one write
+            if data := b"".join([event_bytes(index, event) for event in batch]):
+                yield data
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(dones, len(jobs), reasoning())})
 
@@ -497,7 +504,8 @@ async def completions(request: Request) -> Response:
     jobs = _jobs(inference, model, data, n)
     # Choice i*n + j is the j-th completion of prompt i, as OpenAI numbers them.
     generations = await unless_disconnected(request, _start_all([
-        inference.generate(job, prompt=text, logprobs=logprobs)
+        inference.generate(job, prompt=text, logprobs=logprobs,
+                           whole=not field(data, "stream", bool, False))
         for text in texts for job in jobs]))
     base = _base("text_completion", "cmpl", name)
     echoed = [prompts[i // n] if echo else "" for i in range(len(generations))]
@@ -521,21 +529,27 @@ async def completions(request: Request) -> Response:
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     head = _chunk_head(base)
 
+    offsets = [len(text) for text in echoed]
+    dones: dict[int, p.Done] = {}
+
+    def event_bytes(index: int, event: Event) -> bytes:
+        if isinstance(event, p.Done):
+            dones[index] = event
+            return _sse({**base, "choices": [
+                choice(index, "", None, offsets[index], _finish_reason(event, False))]})
+        if isinstance(event, p.Chunk):
+            one = choice(index, event.text, event.logprobs, offsets[index], None)
+            offsets[index] += len(event.text)
+            return head + dumps(one).encode() + b"]}\n\n"
+        return b""
+
     async def events() -> AsyncIterator[bytes]:
-        offsets = [len(text) for text in echoed]
-        dones: dict[int, p.Done] = {}
         for index, text in enumerate(echoed):
             if text:
                 yield _sse({**base, "choices": [choice(index, text, None, 0, None)]})
-        async for index, event in _merged(generations):
-            if isinstance(event, p.Done):
-                dones[index] = event
-                yield _sse({**base, "choices": [
-                    choice(index, "", None, offsets[index], _finish_reason(event, False))]})
-            elif isinstance(event, p.Chunk):
-                one = choice(index, event.text, event.logprobs, offsets[index], None)
-                yield head + dumps(one).encode() + b"]}\n\n"
-                offsets[index] += len(event.text)
+        async for index, batch in _merged(generations):  # what arrived together: one write
+            if data := b"".join([event_bytes(index, event) for event in batch]):
+                yield data
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(dones, len(jobs))})
 

@@ -80,6 +80,15 @@ class StreamTimes:
             record.first_token = now - record.started
         self._last = now
 
+    def whole(self, done: p.Done, sent: float) -> None:
+        """A reply that came in one piece: its first token and the gaps between its pieces of
+        text as the runner timed them (`sent`: when the request left for the runner)."""
+        record = self._record
+        if done.eval_count and record.first_token is None:
+            record.first_token = (sent - record.started
+                                  + (done.queue_duration + done.prompt_eval_duration) / 1e9)
+        record.token_gaps.extend(gap / 1e6 for gap in done.token_gaps)
+
 
 _current: ContextVar[RequestRecord | None] = ContextVar("corral_request", default=None)
 

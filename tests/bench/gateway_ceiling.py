@@ -1,0 +1,206 @@
+"""The gateway's ceiling: tokens/s through it and its CPU per token, with a runner that costs
+nothing.
+
+    .venv/bin/python -m tests.bench.gateway_ceiling [--streams 1,16,64,256] [--tokens 128]
+        [--min-tokens 2048] [--step-ms 5] [--only generate,chat,openai,whole] [--runs 1]
+
+`corral serve` runs as usual, except that its runner is the stand-in of
+tests/bench/standin_runner.py: the real worker loop and protocol with a token source in place of
+llama.cpp. N clients on loopback (httpx, one connection each) each stream requests of `--tokens`
+tokens until at least `--min-tokens` went through at that level. The gateway's CPU time
+(psutil, user + system of the `corral serve` process alone: not the runner, not the clients) is
+divided by the tokens streamed. On a small machine the clients and the stand-in share the cores
+with the gateway, so the CPU per token is the figure to compare; tokens/s is what this machine
+allowed. `whole` is /api/generate with "stream": false (the text arrives in one reply).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from tests.conftest import ROOT, START_TIMEOUT, LiveServer, free_port
+
+MODEL = "gemma3:270m"
+ENDPOINTS = {
+    "generate": "/api/generate",
+    "chat": "/api/chat",
+    "openai": "/v1/chat/completions",
+    "whole": "/api/generate",
+}
+
+
+def _body(kind: str, tokens: int) -> dict[str, object]:
+    if kind == "openai":
+        return {"model": MODEL, "stream": True, "max_tokens": tokens,
+                "messages": [{"role": "user", "content": "Tell me about the river town."}]}
+    body: dict[str, object] = {"model": MODEL, "options": {"num_predict": tokens},
+                               "stream": kind != "whole"}
+    if kind == "chat":
+        body["messages"] = [{"role": "user", "content": "Tell me about the river town."}]
+    else:
+        body["prompt"] = "Tell me about the river town."
+    return body
+
+
+def start_gateway(models: Path, log: Path, step_ms: float) -> LiveServer:
+    """`corral serve` with the stand-in runner (see `_serve`)."""
+    host = f"127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+    env.pop("CORRAL_API_KEY", None)
+    env.update({"OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), "OLLAMA_KEEP_ALIVE": "1h",
+                "CORRAL_KEYS_FILE": str(log.with_name("no-keys.json")),
+                "CORRAL_ACCESS_LOG": "off", "CORRAL_STANDIN_STEP_MS": str(step_ms),
+                "OLLAMA_NUM_PARALLEL": "4", "PYTHONPATH": str(ROOT)})
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.bench.gateway_ceiling", "--serve"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    server = LiveServer(f"http://{host}", host, env, proc, models, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(server.url + "/", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"the gateway did not answer in {START_TIMEOUT}s:\n{log.read_text()}")
+
+
+def _serve() -> int:
+    """The gateway process: `corral serve` whose runners are the stand-in."""
+    from gateway.cli import main
+    from runner.client import RunnerProcess
+
+    RunnerProcess.module = "tests.bench.standin_runner"
+    return main(["serve"])
+
+
+@dataclass
+class Cell:
+    kind: str
+    streams: int
+    tokens: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def per_token_ms(self) -> float:
+        return self.cpu_s / self.tokens * 1000
+
+    @property
+    def tokens_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object], kind: str,
+               tokens: int) -> None:
+    async with client.stream("POST", url, json=body) as reply:
+        data = await reply.aread()
+    if reply.status_code != 200:
+        raise RuntimeError(f"{url}: {reply.status_code} {data[:300]!r}")
+    if kind == "whole":
+        return
+    # A line per token then the final line (NDJSON); SSE adds the role chunk, the closing chunk
+    # and [DONE]: fewer than `tokens` events means the stream was cut.
+    events = data.count(b"\n\n") if kind == "openai" else data.count(b"\n")
+    if events < tokens:
+        raise RuntimeError(f"{url}: {events} events for {tokens} tokens: {data[-300:]!r}")
+
+
+async def measure(url: str, pid: int, kind: str, streams: int, tokens: int,
+                  min_tokens: int) -> Cell:
+    rounds = max(1, math.ceil(min_tokens / (streams * tokens)))
+    body = _body(kind, tokens)
+    target = url + ENDPOINTS[kind]
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        await asyncio.gather(*(_one(client, target, body, kind, tokens)
+                               for _ in range(streams)))  # connections open, code paths warm
+        gateway = psutil.Process(pid)
+        before = gateway.cpu_times()
+        started = time.perf_counter()
+
+        async def stream() -> None:
+            for _ in range(rounds):
+                await _one(client, target, body, kind, tokens)
+
+        await asyncio.gather(*(stream() for _ in range(streams)))
+        seconds = time.perf_counter() - started
+        after = gateway.cpu_times()
+    cpu = (after.user - before.user) + (after.system - before.system)
+    return Cell(kind, streams, streams * rounds * tokens, seconds, cpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.gateway_ceiling")
+    parser.add_argument("--streams", default="1,16,64,256")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per request")
+    parser.add_argument("--min-tokens", type=int, default=2048,
+                        help="tokens per cell at least (more rounds at low stream counts)")
+    parser.add_argument("--step-ms", type=float, default=5.0,
+                        help="the stand-in's time per decode step (0: as fast as it loops)")
+    parser.add_argument("--only", default=",".join(ENDPOINTS))
+    parser.add_argument("--runs", type=int, default=1, help="repeat each cell; median shown")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return _serve()
+    counts = [int(n) for n in args.streams.split(",")]
+    kinds = [k for k in args.only.split(",") if k]
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="corral-ceiling-") as tmp:
+        from registry.bundled import import_bundled_model
+        from registry.store import Store
+
+        models = Path(tmp) / "models"
+        import_bundled_model(Store(models))
+        server = start_gateway(models, Path(tmp) / "serve.log", args.step_ms)
+        try:
+            pid = server.proc.pid
+            results: dict[tuple[str, int], list[Cell]] = {}
+            for _ in range(args.runs):
+                for kind in kinds:
+                    for n in counts:
+                        cell = asyncio.run(measure(server.url, pid, kind, n, args.tokens,
+                                                   args.min_tokens))
+                        results.setdefault((kind, n), []).append(cell)
+            rss = psutil.Process(pid).memory_info().rss / 2**20
+        finally:
+            server.stop()
+    table = Table(title=f"gateway ceiling (stand-in runner, {args.tokens} tokens per request, "
+                        f"step {args.step_ms} ms, {os.cpu_count()} cores)")
+    for column in ("endpoint", "streams", "tokens", "tokens/s", "gateway CPU ms/token",
+                   "range"):
+        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    for (kind, n), cells in results.items():
+        per = [c.per_token_ms for c in cells]
+        label = ENDPOINTS[kind] + (" (stream: false)" if kind == "whole" else "")
+        table.add_row(label, str(n), str(cells[0].tokens),
+                      f"{statistics.median(c.tokens_s for c in cells):,.0f}",
+                      f"{statistics.median(per):.3f}", f"{min(per):.3f}-{max(per):.3f}")
+    console.print(table)
+    console.print(f"gateway RSS after the run: {rss:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
