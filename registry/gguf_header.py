@@ -1,8 +1,10 @@
 """A fast reader for the GGUF header (metadata key/values and tensor infos), nothing else.
 
 gguf.GGUFReader builds a numpy view per array item, which takes ~15 s for the bundled model's
-262k-token vocabulary; this walks the same bytes with struct/numpy in well under a second.
-The value and tensor type codes come from the gguf package, so the two never disagree.
+262k-token vocabulary; this walks the same bytes with struct in well under a second. It needs
+neither numpy nor the gguf package, so that a serving gateway, which reads the header of every
+model it loads, imports neither (tests/test_lean_gateway.py). The type codes below are the GGUF
+format's; tests/test_gguf_header.py checks them against the gguf package's enums.
 """
 
 from __future__ import annotations
@@ -13,24 +15,35 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import gguf
-import numpy as np
-
 GGUF_MAGIC = b"GGUF"
-_VT = gguf.GGUFValueType
 
-_SCALARS: dict[int, tuple[str, np.dtype[Any]]] = {
-    _VT.UINT8: ("<B", np.dtype("<u1")),
-    _VT.INT8: ("<b", np.dtype("<i1")),
-    _VT.UINT16: ("<H", np.dtype("<u2")),
-    _VT.INT16: ("<h", np.dtype("<i2")),
-    _VT.UINT32: ("<I", np.dtype("<u4")),
-    _VT.INT32: ("<i", np.dtype("<i4")),
-    _VT.FLOAT32: ("<f", np.dtype("<f4")),
-    _VT.BOOL: ("<?", np.dtype("?")),
-    _VT.UINT64: ("<Q", np.dtype("<u8")),
-    _VT.INT64: ("<q", np.dtype("<i8")),
-    _VT.FLOAT64: ("<d", np.dtype("<f8")),
+# GGUF value types (gguf.GGUFValueType).
+UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, \
+    FLOAT64 = range(13)
+
+_SCALARS: dict[int, str] = {  # struct format of each fixed-size type, little-endian
+    UINT8: "B", INT8: "b", UINT16: "H", INT16: "h", UINT32: "I", INT32: "i", FLOAT32: "f",
+    BOOL: "?", UINT64: "Q", INT64: "q", FLOAT64: "d",
+}
+
+# ggml tensor types by code (gguf.GGMLQuantizationType); codes not listed print as numbers.
+GGML_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
+    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0",
+}
+# (elements per block, bytes per block) of each type (gguf.GGML_QUANT_SIZES), to size tensors.
+GGML_SIZES: dict[str, tuple[int, int]] = {
+    "F32": (1, 4), "F16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22),
+    "Q5_1": (32, 24), "Q8_0": (32, 34), "Q8_1": (32, 40), "Q2_K": (256, 84), "Q3_K": (256, 110),
+    "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210), "Q8_K": (256, 292),
+    "IQ2_XXS": (256, 66), "IQ2_XS": (256, 74), "IQ3_XXS": (256, 98), "IQ1_S": (256, 50),
+    "IQ4_NL": (32, 18), "IQ3_S": (256, 110), "IQ2_S": (256, 82), "IQ4_XS": (256, 136),
+    "I8": (1, 1), "I16": (1, 2), "I32": (1, 4), "I64": (1, 8), "F64": (1, 8), "IQ1_M": (256, 56),
+    "BF16": (1, 2), "TQ1_0": (256, 54), "TQ2_0": (256, 66), "MXFP4": (32, 17),
+    "NVFP4": (64, 36), "Q1_0": (128, 18),
 }
 
 
@@ -51,7 +64,17 @@ class GGUFHeader:
 def f32_shortest(value: float) -> float:
     """The shortest decimal that round-trips as float32 (1e-06, not 9.999999974752427e-07),
     which is also how Go's encoding/json prints a float32."""
-    return float(str(np.float32(value)))
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        text = f"{value:.{digits}g}"
+        try:
+            if _F32.unpack(_F32.pack(float(text)))[0] == value:
+                return float(text)
+        except OverflowError:  # rounded past the largest float32: more digits
+            continue
+    return value
+
+
+_F32 = struct.Struct("<f")
 
 
 class _Cursor:
@@ -74,19 +97,19 @@ class _Cursor:
         return text
 
     def value(self, vtype: int) -> Any:
-        if vtype == _VT.STRING:
+        if vtype == STRING:
             return self.string()
-        if vtype == _VT.ARRAY:
+        if vtype == ARRAY:
             return self.array()
         if vtype not in _SCALARS:
             raise ValueError(f"unknown GGUF value type {vtype}")
-        value = self.unpack(_SCALARS[vtype][0])
-        return f32_shortest(value) if vtype == _VT.FLOAT32 else value
+        value = self.unpack("<" + _SCALARS[vtype])
+        return f32_shortest(value) if vtype == FLOAT32 else value
 
     def array(self) -> list[Any]:
         itype = self.unpack("<I")
         count = self.unpack("<Q")
-        if itype == _VT.STRING:
+        if itype == STRING:
             buf, pos, out = self.buf, self.pos, []
             unpack_len = struct.Struct("<Q").unpack_from
             for _ in range(count):
@@ -96,14 +119,16 @@ class _Cursor:
                 pos += length
             self.pos = pos
             return out
-        if itype == _VT.ARRAY:
+        if itype == ARRAY:
             return [self.array() for _ in range(count)]
         if itype not in _SCALARS:
             raise ValueError(f"unknown GGUF array item type {itype}")
-        dtype = _SCALARS[itype][1]
-        arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
-        self.pos += dtype.itemsize * count
-        return arr.tolist()
+        items = struct.Struct(f"<{count}{_SCALARS[itype]}")
+        if self.pos + items.size > len(self.buf):
+            raise ValueError("GGUF array runs past the end of the file")
+        values = list(items.unpack_from(self.buf, self.pos))
+        self.pos += items.size
+        return values
 
 
 def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
@@ -136,9 +161,5 @@ def _parse(buf: mmap.mmap) -> GGUFHeader:
         shape = [cur.unpack("<Q") for _ in range(n_dims)]
         raw_type = cur.unpack("<I")
         cur.unpack("<Q")  # data offset: not needed for metadata
-        try:
-            type_name = gguf.GGMLQuantizationType(raw_type).name
-        except ValueError:
-            type_name = str(raw_type)
-        tensors.append(TensorInfo(name, type_name, shape))
+        tensors.append(TensorInfo(name, GGML_TYPES.get(raw_type, str(raw_type)), shape))
     return GGUFHeader(version=version, kv=kv, tensors=tensors)

@@ -7,14 +7,12 @@ cached by (path, mtime, size): blobs never change in place, and a rewritten file
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-
-import gguf
-import numpy as np
 
 from registry.gguf_header import read_header
 
@@ -43,12 +41,20 @@ class GGUFInfo:
         return self.kv.get(f"{self.architecture}.{key}", default)
 
 
+# llama.cpp's file types by code (gguf.LlamaFileType less its ALL_/MOSTLY_ prefixes; checked
+# against it by tests/test_gguf_header.py), so that reading a header needs no gguf package.
+FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0",
+}
+
+
 def _file_type_name(code: int) -> str:
-    try:
-        name = gguf.LlamaFileType(code & ~1024).name  # 1024 = "guessed" flag
-    except ValueError:
-        return "unknown"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return FILE_TYPES.get(code & ~1024, "unknown")  # 1024 = "guessed" flag
 
 
 def _dominant_tensor_type(tensors: list[dict[str, Any]]) -> str:
@@ -56,7 +62,7 @@ def _dominant_tensor_type(tensors: list[dict[str, Any]]) -> str:
     counts: Counter[str] = Counter()
     for t in tensors:
         if len(t["shape"]) >= 2:
-            counts[t["type"]] += int(np.prod(t["shape"]))
+            counts[t["type"]] += math.prod(t["shape"])
     return counts.most_common(1)[0][0] if counts else "unknown"
 
 
@@ -80,7 +86,7 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> GGUFInfo:
         return kv.get(f"{arch}.{name}")
 
     # Like Ollama, count the tensors' elements; fall back to the KV for a tensor-less header.
-    param_count = sum(int(np.prod(t["shape"])) for t in tensors)
+    param_count = sum(math.prod(t["shape"]) for t in tensors)
     if not param_count:
         param_count = _int(kv.get("general.parameter_count"))
     file_type_code = kv.get("general.file_type")

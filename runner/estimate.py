@@ -11,8 +11,6 @@ import math
 import re
 from dataclasses import dataclass
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from registry.gguf_info import GGUFInfo
 
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -51,7 +49,9 @@ class Estimate:
 
 
 def tensor_bytes(type_name: str, shape: list[int]) -> int:
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    from registry.gguf_header import GGML_SIZES  # (not the gguf package: numpy, yaml)
+
+    block, size = GGML_SIZES[type_name]
     return math.prod(shape) * size // block
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from shared.errors import BadRequest
+
+# jinja2 is imported where a template is compiled or rendered: the gateway imports this module
+# and needs Jinja only for models whose GGUF template it must probe (tools, thinking).
 
 Message = dict[str, Any]
 
@@ -88,6 +88,8 @@ def render_chatml(messages: Sequence[Message]) -> RenderedPrompt:
 
 
 def _raise_exception(message: str) -> None:
+    from jinja2 import TemplateError
+
     raise TemplateError(message)
 
 
@@ -97,6 +99,8 @@ def _strftime_now(fmt: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _compile(template: str):  # noqa: ANN202 - jinja2.Template
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -118,6 +122,8 @@ def render_jinja(
 ) -> RenderedPrompt:
     """`variables` are extra template inputs (llama.cpp's `chat_template_kwargs`), such as
     `enable_thinking` and `reasoning_effort`."""
+    from jinja2 import TemplateError
+
     try:
         text = _compile(template).render(
             **(variables or {}), messages=[_jinja_message(m) for m in messages], tools=tools,

@@ -21,7 +21,6 @@ from starlette.routing import Route
 
 from gateway.http import dumps, field, json_response, ndjson, read_json
 from registry.blobs import parse_digest
-from registry.create import create_model, spec_from_request
 from registry.store import Store
 from shared.errors import CorralError
 
@@ -35,6 +34,10 @@ def _store(request: Request) -> Store:
 
 
 async def create(request: Request) -> Response:
+    # Imported here: registry.create needs the gguf package (and so numpy), which a serving
+    # gateway that creates no model does not load (tests/test_lean_gateway.py).
+    from registry.create import create_model, spec_from_request
+
     data = await read_json(request)
     spec = spec_from_request(data)  # every cheap check: a 400 before anything streams
     want_stream = field(data, "stream", bool, True)

@@ -18,15 +18,15 @@ from starlette.routing import Route
 
 from gateway.http import dumps, field, json_response, ndjson, read_json, unless_disconnected
 from registry.names import ModelName
-from registry.remote.client import Endpoint
-from registry.remote.pull import pull_model
-from registry.remote.push import push_model
 from registry.store import Store
 from shared.errors import BadRequest, CorralError
 
 log = logging.getLogger("corral.transfer")
 
 Events = AsyncIterator[dict[str, Any]]
+
+# registry.remote (httpx, and cryptography for signing) is imported by the handlers: a serving
+# gateway that never pulls or pushes does not hold it (tests/test_lean_gateway.py).
 
 
 def _store(request: Request) -> Store:
@@ -41,6 +41,8 @@ async def _request(request: Request) -> tuple[ModelName, bool, bool]:
     name = ModelName.parse(raw)
     insecure = field(data, "insecure", bool, False)
     stream = field(data, "stream", bool, True)
+    from registry.remote.client import Endpoint
+
     Endpoint.for_name(name, insecure=insecure)  # "insecure protocol http" before any byte
     return name, insecure, stream
 
@@ -73,12 +75,16 @@ async def _respond(request: Request, events: Events, stream: bool, what: str) ->
 
 async def pull(request: Request) -> Response:
     name, insecure, stream = await _request(request)
+    from registry.remote.pull import pull_model
+
     events = pull_model(_store(request), name, insecure=insecure)
     return await _respond(request, events, stream, "pull model")
 
 
 async def push(request: Request) -> Response:
     name, insecure, stream = await _request(request)
+    from registry.remote.push import push_model
+
     events = push_model(_store(request), name, insecure=insecure)
     return await _respond(request, events, stream, "push model")
 
