@@ -13,32 +13,9 @@ from typing import Any
 from shared import protocol as p
 from shared.config import Settings
 from shared.errors import BadRequest
+from shared.options import OPTION_TYPES
 
 DEFAULT_NUM_CTX = 4096  # Ollama's tier for machines with under 23 GiB of VRAM, CPU included
-
-# name -> (type, default). `None` default = unset (decided elsewhere).
-OPTION_TYPES: dict[str, tuple[type, Any]] = {
-    "num_keep": (int, 4),
-    "seed": (int, -1),
-    "num_predict": (int, -1),
-    "top_k": (int, 40),
-    "top_p": (float, 0.9),
-    "min_p": (float, 0.0),
-    "typical_p": (float, 1.0),
-    "repeat_last_n": (int, 64),
-    "temperature": (float, 0.8),
-    "repeat_penalty": (float, 1.0),
-    "presence_penalty": (float, 0.0),
-    "frequency_penalty": (float, 0.0),
-    "stop": (list, None),
-    "num_ctx": (int, None),
-    "num_batch": (int, 512),
-    "num_gpu": (int, -1),
-    "main_gpu": (int, -1),  # -1: the supervisor chooses
-    "num_parallel": (int, 0),  # corral: slots for this model; 0 = the supervisor chooses
-    "use_mmap": (bool, True),
-    "num_thread": (int, 0),
-}
 
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", list: "[]string"}
 _INT64 = 2**63

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.options import OPTION_TYPES
 from registry.gofmt import go_v
 from shared.errors import BadRequest
+from shared.options import OPTION_TYPES
 
 INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "renderer", "parser",
                 "parameter", "message", "requires")
