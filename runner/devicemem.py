@@ -23,8 +23,11 @@ from typing import Any
 # "<buffer> <what> buffer size = <n> MiB": model weights, KV cache, compute graph, logits output,
 # LoRA adapters and recurrent state, as llama.cpp 0.3.36 words them.
 _LINE = re.compile(
-    r"(?P<buffer>[A-Za-z][\w.-]*)\s+(?:model|KV|compute|output|LoRA|RS)\s+buffer size\s*=\s*"
-    r"(?P<mib>\d+(?:\.\d+)?)\s*MiB")
+    r"(?P<buffer>[A-Za-z][\w.-]*)\s+(?P<kind>model|KV|compute|output|LoRA|RS)\s+buffer size"
+    r"\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB")
+# Kinds as corral's estimate names them (runner/estimate.py), for /api/ps and `corral plan`.
+_KINDS = {"model": "weights", "LoRA": "weights", "KV": "kv", "RS": "kv", "compute": "compute",
+          "output": "output"}
 _MIB = 1024 * 1024
 
 
@@ -47,6 +50,7 @@ class BufferLog:
 
     def __init__(self) -> None:
         self.by_buffer: dict[str, int] = {}
+        self.by_kind: dict[str, int] = {}  # weights, kv, compute, output: every device
         self._partial = ""
 
     def feed(self, text: str) -> None:
@@ -58,6 +62,8 @@ class BufferLog:
                 nbytes = int(float(match.group("mib")) * _MIB)
                 name = match.group("buffer")
                 self.by_buffer[name] = self.by_buffer.get(name, 0) + nbytes
+                kind = _KINDS[match.group("kind")]
+                self.by_kind[kind] = self.by_kind.get(kind, 0) + nbytes
 
     def device_bytes(self) -> dict[str, int]:
         """Bytes per GPU device; empty when everything is in system memory."""

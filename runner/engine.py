@@ -10,6 +10,13 @@ across API keys (runner/fairqueue.py).
 Each slot remembers the tokens its KV cache holds. A new request takes the free slot sharing the
 longest prefix with its prompt and evaluates only the rest; a finished or cancelled sequence frees
 its slot at once and leaves its tokens cached for the next request.
+
+Sliding-window layers (Gemma 2/3, gpt-oss, ...) get caches of the window's size, not num_ctx
+(llama.cpp's `swa_full = false`): such a cache holds only the last window-plus-a-batch positions,
+so it can be cut back only to where it still holds the window before the cut. For cuts further
+back, each slot keeps a few checkpoints of its sliding-window state, taken when a prompt has been
+read (llama-server's idea: the next turn, or the same prompt again, cuts back to about there); a
+cut that no checkpoint reaches reads the prompt again from the start.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import numpy as np
 from runner import longtext, promptdisk
 from runner.cpusafety import cpu_config, inject_fault
 from runner.embedding import Embedder
+from runner.estimate import KV_PAD, swa_layers
 from runner.fairqueue import FairQueue
 from runner.grammar import grammar_for
 from runner.prompt import render_messages
-from runner.promptcache import PromptCache, State, common_prefix
+from runner.promptcache import Entry, PromptCache, State, common_prefix
 from runner.sampling import Sampler, token_logprobs, uses_penalties
 from runner.textstream import TextStream
 from shared import protocol as p
@@ -56,6 +64,10 @@ SEEDED_CHUNK = 64  # a seeded prompt is read in chunks aligned to this many posi
 # times cheaper than a forward pass per token, even for this tiny model on a fast CPU).
 MIN_RESTORE_TOKENS = 16
 RESTORE_SPAN = 16
+# Sliding-window checkpoints a slot keeps (the newest): each is the window's share of the cache
+# (about 7.5 MiB for Gemma 3 270M), held in RAM beside the slots.
+SLOT_CHECKPOINTS = 2
+_PARTIAL = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY  # the sliding-window cache only
 
 
 class LoadError(Exception):
@@ -100,6 +112,9 @@ class Slot:
     # Positions from 0 that were read in the seeded layout (see `seeded_keep`).
     canonical: int = 0
     uses: int = 1  # requests its cache served since it was last read from scratch
+    # Sliding-window checkpoints of this cache (partial states, oldest first), for cuts further
+    # back than its window reaches.
+    checkpoints: list[State] = field(default_factory=list)
 
 
 def seeded_keep(common: int, canonical: int, n_prompt: int) -> int:
@@ -194,6 +209,7 @@ class Engine:
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.no_perf = True
         cparams.kv_unified = False  # each slot owns num_ctx of the cache
+        cparams.swa_full = False  # sliding-window layers: caches of the window's size
         if load.flash_attention is not None:
             cparams.flash_attn_type = 1 if load.flash_attention else 0
         cparams.type_k = cparams.type_v = _KV_TYPES.get(load.kv_cache_type, 1)
@@ -214,6 +230,10 @@ class Engine:
         # Saved prompt states are cut back to a prefix after a restore: attention caches only.
         self.can_cache = (bool(self.memory) and not llama_cpp.llama_model_is_recurrent(model)
                           and not llama_cpp.llama_model_is_hybrid(model))
+        # The window of the sliding-window layers (0: none), which bounds how far back a slot's
+        # cache can be cut.
+        self.n_swa = max(llama_cpp.llama_model_n_swa(model), 0) if self.can_cache else 0
+        self.n_ubatch = cparams.n_ubatch
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 
         self.architecture = self.meta("general.architecture") or ""
@@ -286,16 +306,25 @@ class Engine:
         return int(llama_cpp.llama_model_size(self.model))
 
     def kv_bytes(self) -> int:
-        """KV cache size from the model shape (n_layer x ctx x (k + v) x kv heads)."""
+        """KV cache size from the model shape: kv heads x (k + v) per cell, num_ctx cells per
+        slot on full-attention layers, the window plus a micro-batch (rounded up to 256) on
+        sliding-window ones (runner/estimate.py sizes it the same way)."""
         n_layer = llama_cpp.llama_model_n_layer(self.model)
         n_head = max(1, llama_cpp.llama_model_n_head(self.model))
         n_head_kv = llama_cpp.llama_model_n_head_kv(self.model) or n_head
         arch = self.architecture
         key_len = int(self.meta(f"{arch}.attention.key_length") or self.n_embd // n_head)
         value_len = int(self.meta(f"{arch}.attention.value_length") or key_len)
-        per_token = n_layer * n_head_kv * (key_len + value_len)
-        per_elem = _KV_BYTES_PER_ELEMENT.get(self.kv_cache_type, 2.0)
-        return int(per_token * self.n_ctx * self.parallel * per_elem)
+        per_cell = n_head_kv * (key_len + value_len) * _KV_BYTES_PER_ELEMENT.get(
+            self.kv_cache_type, 2.0)
+        pattern = self.meta(f"{arch}.attention.sliding_window_pattern")
+        window = [False] * n_layer
+        if self.n_swa:
+            window = list(swa_layers(arch, n_layer, int(pattern) if pattern and
+                                     pattern.isdigit() else None))
+        swa_cells = min(self.n_ctx, -(-(self.n_swa + self.n_ubatch) // KV_PAD) * KV_PAD)
+        cells = sum(swa_cells if w else self.n_ctx for w in window)
+        return int(cells * per_cell * self.parallel)
 
     def _open_disk_cache(self, load: p.Load, n_ubatch: int) -> None:
         """Load what an earlier runner of this model under these settings saved at its unload
@@ -304,7 +333,7 @@ class Engine:
             "model": Path(load.model_path).name, "adapters": [Path(a).name for a in load.adapters],
             "kv_cache_type": self.kv_cache_type, "flash_attention": load.flash_attention,
             "n_ctx": self.n_ctx, "parallel": self.parallel, "n_batch": self.n_batch,
-            "n_ubatch": n_ubatch, "llama_cpp": llama_cpp.__version__,
+            "n_ubatch": n_ubatch, "llama_cpp": llama_cpp.__version__, "swa_full": False,
         }
         path = promptdisk.cache_file(load.prompt_cache_dir, load.model_path, settings)
         self._disk = (path, settings, load.prompt_cache_disk)
@@ -509,12 +538,18 @@ class Engine:
             self._restore(slot, seq)
             self._copy_prefix(slot, seq.prompt)
             keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
-            if seq.seeded:
-                keep = seeded_keep(keep, slot.canonical, len(seq.prompt))
+            while True:  # each pass only lowers `keep`: a seeded cut may need an older checkpoint
+                fitted = self._fit_window(slot, keep)
+                if seq.seeded:
+                    fitted = seeded_keep(fitted, slot.canonical, len(seq.prompt))
+                if fitted == keep:
+                    break
+                keep = fitted
             if not llama_cpp.llama_memory_seq_rm(self.memory, slot.index, keep, -1):
                 # Some caches (recurrent ones) cannot drop a tail: start this slot over.
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
                 keep = 0
+            slot.checkpoints = [c for c in slot.checkpoints if c.n_tokens <= keep]
             try:
                 seq.sampler = Sampler(seq.options, vocab=self.vocab, n_vocab=self.n_vocab,
                                       num_ctx=self.n_ctx, grammar=seq.grammar)
@@ -551,8 +586,52 @@ class Engine:
         buf = (ctypes.c_uint8 * size)()
         n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.index)
         if n > 0:
-            cache.put(list(tokens), [State(len(tokens), ctypes.string_at(buf, n),
-                                           slot.canonical)], uses=slot.uses)
+            whole = State(len(tokens), ctypes.string_at(buf, n), slot.canonical,
+                          floor=self._floor(slot))
+            # Checkpoints only for the cuts the whole state cannot serve itself.
+            points = [c for c in slot.checkpoints if c.n_tokens < whole.floor]
+            cache.put(list(tokens), [whole, *points], uses=slot.uses)
+
+    def _floor(self, slot: Slot) -> int:
+        """The shortest prefix the slot's cache can be cut back to as it is: where its
+        sliding-window part still holds the window before the cut (0: any)."""
+        if not self.n_swa:
+            return 0
+        pos_min = llama_cpp.llama_memory_seq_pos_min(self.memory, slot.index)
+        return pos_min + self.n_swa if pos_min > 0 else 0
+
+    def _fit_window(self, slot: Slot, keep: int) -> int:
+        """The longest cut at or below `keep` that leaves the slot's sliding-window cache
+        holding the window before it: `keep` itself, or as far as a checkpoint (restored here)
+        reaches, else 0 with the slot emptied."""
+        if not self.n_swa or keep <= 0 or keep >= len(slot.tokens) or self._floor(slot) <= keep:
+            return keep
+        usable = [c for c in slot.checkpoints
+                  if c.n_tokens <= len(slot.tokens) and c.floor <= min(keep, c.n_tokens)]
+        point = max(usable, key=lambda c: min(keep, c.n_tokens), default=None)
+        if point is not None:
+            data = (ctypes.c_uint8 * len(point.data)).from_buffer_copy(point.data)
+            if llama_cpp.llama_state_seq_set_data_ext(self.ctx, data, len(point.data),
+                                                      slot.index, _PARTIAL):
+                return min(keep, point.n_tokens)
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
+        slot.tokens, slot.canonical, slot.checkpoints = [], 0, []
+        return 0
+
+    def _checkpoint(self, slot: Slot) -> None:
+        """Keep the slot's sliding-window state as it is now (a prompt has just been read), the
+        newest SLOT_CHECKPOINTS of them."""
+        size = llama_cpp.llama_state_seq_get_size_ext(self.ctx, slot.index, _PARTIAL)
+        if size <= 0:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data_ext(self.ctx, buf, size, slot.index, _PARTIAL)
+        if n <= 0:
+            return
+        point = State(len(slot.tokens), ctypes.string_at(buf, n), slot.canonical, partial=True,
+                      floor=self._floor(slot))
+        kept = [c for c in slot.checkpoints if c.n_tokens < point.n_tokens]
+        slot.checkpoints = [*kept, point][-SLOT_CHECKPOINTS:]
 
     def _restore(self, slot: Slot, seq: Sequence) -> None:
         """Give `slot` the saved state that shares clearly more with the prompt than any slot
@@ -562,13 +641,13 @@ class Engine:
             return
         prompt = seq.prompt
         limit = len(prompt) - 1  # the last prompt token is always read, for its logits
-        have = self._cached_share(prompt) if self.can_copy else common_prefix(slot.tokens,
-                                                                               prompt)
+        have = self._cached_share(prompt) if self.can_copy else self._share(slot, prompt)
         entry, shared = cache.best(prompt)
-        state = entry.state_for(min(shared, limit)) if entry is not None else None
+        served = entry.serve(min(shared, limit)) if entry is not None else None
+        state = served[0] if served is not None else None
         gain = 0
-        if state is not None:
-            usable = min(shared, limit, state.n_tokens)
+        if served is not None:
+            state, usable = served
             if seq.seeded:
                 usable = seeded_keep(usable, state.canonical, len(prompt))
             gain = usable - min(have, limit)
@@ -580,18 +659,30 @@ class Engine:
         data = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
         if not llama_cpp.llama_state_seq_set_data(self.ctx, data, len(state.data), slot.index):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
-            slot.tokens, slot.canonical = [], 0
+            slot.tokens, slot.canonical, slot.checkpoints = [], 0, []
             cache.misses += 1
             return
         cache.hits += 1
         cache.touch(entry)
         slot.tokens = entry.tokens[:state.n_tokens]
         slot.canonical = state.canonical
+        slot.checkpoints = entry.checkpoints(state.n_tokens)  # the caller's cut may take one
         slot.uses = 1
 
     def _cached_share(self, prompt: list[int]) -> int:
-        """The longest start of `prompt` that some slot's cache holds now."""
-        return max(common_prefix(s.tokens, prompt) for s in self.slots)
+        """The longest start of `prompt` that some slot's cache serves now."""
+        return max(self._share(s, prompt) for s in self.slots)
+
+    def _share(self, slot: Slot, prompt: list[int]) -> int:
+        """The longest start of `prompt` that `slot` serves: what it holds of it, as far back as
+        its sliding-window cache or a checkpoint of it reaches (runner/promptcache.py's rule)."""
+        n = common_prefix(slot.tokens, prompt)
+        if not self.n_swa or n >= len(slot.tokens):
+            return n
+        held = Entry(slot.tokens, [State(len(slot.tokens), b"", floor=self._floor(slot)),
+                                   *slot.checkpoints])
+        served = held.serve(n)
+        return served[1] if served is not None else 0
 
     def _being_read(self, seq: Sequence) -> bool:
         """Whether a slot is still reading a prompt that shares clearly more with this one than
@@ -611,15 +702,16 @@ class Engine:
         few dozen prompt tokens; the copied tail beyond the shared part is dropped after."""
         if not self.can_copy:
             return
-        own = common_prefix(slot.tokens, prompt)
+        own = self._share(slot, prompt)
         donor = max((s for s in self.slots if s is not slot),
-                    key=lambda s: common_prefix(s.tokens, prompt), default=None)
-        if donor is None or common_prefix(donor.tokens, prompt) - own < MIN_COPY_TOKENS:
+                    key=lambda s: self._share(s, prompt), default=None)
+        if donor is None or self._share(donor, prompt) - own < MIN_COPY_TOKENS:
             return
         llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, donor.index, slot.index, -1, -1)
         slot.tokens = list(donor.tokens)
         slot.canonical = donor.canonical
+        slot.checkpoints = list(donor.checkpoints)
         slot.uses = donor.uses
 
     def _release(self, slot: Slot) -> None:
@@ -685,6 +777,8 @@ class Engine:
         if rc != 0:
             return out + self._fail_all(f"llama_decode failed with code {rc}")
         for seq, index in wants:
+            if self.n_swa and not seq.generated and len(seq.prompt) >= MIN_RESTORE_TOKENS:
+                self._checkpoint(self.slots[seq.slot])  # its prompt is read: before any reply
             assert seq.sampler is not None
             token = seq.sampler.sample(self.ctx, index)
             out.extend(self._on_token(seq, token, index))
@@ -779,6 +873,7 @@ class Engine:
         llama_cpp.llama_memory_seq_add(self.memory, slot.index, num_keep + discard, -1, -discard)
         del slot.tokens[num_keep:num_keep + discard]
         slot.canonical = min(slot.canonical, num_keep)
+        slot.checkpoints = []  # their positions moved
         seq.n_past -= discard
         return True
 
@@ -809,6 +904,7 @@ class Engine:
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
                 slot.tokens = []
                 slot.canonical = 0
+                slot.checkpoints = []
                 self._release(slot)
         return out
 

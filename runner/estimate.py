@@ -1,8 +1,19 @@
 """How much memory a model will need, from its GGUF metadata, before loading anything.
 
 Weights per repeating layer (`blk.N.*` tensors) and for the rest (token embedding, output head,
-norms), a KV cache for `num_ctx x parallel` tokens over every layer, and a compute-buffer
-allowance that llama.cpp sizes mostly by the logits of one micro-batch (vocabulary x batch).
+norms); a KV cache of `num_ctx` cells per slot on full-attention layers and of the window (plus
+one micro-batch, rounded up to 256) per slot on sliding-window layers, as llama.cpp sizes them
+with `swa_full = false`; and llama.cpp's compute buffer, which it sizes by the worst graph: the
+logits of a whole micro-batch (vocabulary x ubatch x 4 bytes) for large vocabularies, else the
+feed-forward activations. Fitted to the "buffer size" lines llama.cpp 0.3.36 logs at load
+(runner/devicemem.py) over num_ctx, slots and ubatch (tests/test_estimate.py).
+
+What a GPU holds is those buffers as allocated (`total`). A runner computing on the CPU holds
+less than it allocates: llama.cpp reserves its compute buffer for a micro-batch of logits but
+fills only the rows it outputs, and pages never written take no RAM. So the CPU figure
+(`host_total`) counts the compute buffer's activations of one micro-batch instead, the logits
+output buffer (slots x vocabulary), and the runner process itself: Python and its libraries, and
+llama.cpp's vocabulary tables (about 350 bytes per token: 88 MiB for Gemma 3's 262k tokens).
 """
 
 from __future__ import annotations
@@ -10,11 +21,20 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from registry.gguf_info import GGUFInfo
+if TYPE_CHECKING:  # the runner imports this module for kv_bytes: no GGUF parser there
+    from registry.gguf_info import GGUFInfo
 
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+KV_PAD = 256  # llama.cpp rounds a sliding-window cache up to this many cells
+RUNNER_BASE = 45 * 1024**2  # a runner process before it loads a model (Python, llama.cpp, numpy)
+VOCAB_BYTES = 352  # llama.cpp's vocabulary tables per token (measured: Gemma 3, 262k tokens)
+# Which layers use the sliding window, by architecture, where the GGUF does not say: llama.cpp
+# sets these patterns in code (every n-th layer is a full-attention one; `set_swa_pattern`).
+SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "gemma-embedding": 6, "cohere2": 4,
+               "gpt-oss": 2, "exaone4": 4}
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,9 @@ class ModelShape:
     n_embd: int
     context_length: int
     embedding_only: bool
+    n_ff: int = 0  # feed-forward width (the largest, where layers differ)
+    n_swa: int = 0  # sliding window in tokens; 0 = none
+    swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window
 
     @property
     def weights(self) -> int:
@@ -39,13 +62,23 @@ class ModelShape:
 class Estimate:
     weights: int
     kv: int
-    compute: int
+    compute: int  # llama.cpp's compute buffer as allocated (all of it held on a GPU)
     layer_bytes: tuple[int, ...]  # weights + KV of each layer
     other_bytes: int
+    output: int = 0  # the logits output buffer (host memory)
+    host_compute: int | None = None  # what RAM holds of the compute buffer on the CPU
+    runtime: int = 0  # the runner process itself: Python, libraries, vocabulary tables
 
     @property
     def total(self) -> int:
+        """llama.cpp's buffers as allocated: what the model takes on a GPU."""
         return self.weights + self.kv + self.compute
+
+    @property
+    def host_total(self) -> int:
+        """What a runner computing on the CPU holds in RAM (its RSS)."""
+        compute = self.compute if self.host_compute is None else self.host_compute
+        return self.weights + self.kv + compute + self.output + self.runtime
 
 
 def tensor_bytes(type_name: str, shape: list[int]) -> int:
@@ -70,6 +103,7 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
     key_length = int(info.get("attention.key_length") or info.embedding_length // head_count)
     tokens = info.get("tokenizer.ggml.tokens")
     n_vocab = len(tokens) if isinstance(tokens, list) else int(info.get("vocab_size") or 32000)
+    n_swa, swa_layers = _sliding_window(info, n_layers)
     return ModelShape(
         n_layers=n_layers,
         layer_bytes=tuple(per_layer),
@@ -81,22 +115,75 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
         n_embd=info.embedding_length,
         context_length=info.context_length,
         embedding_only=info.has_pooling_type,
+        n_ff=_largest(info.get("feed_forward_length")),
+        n_swa=n_swa,
+        swa_layers=swa_layers,
     )
 
 
+def _largest(value: object) -> int:
+    """An int KV, or the largest of a per-layer list."""
+    if isinstance(value, list):
+        return max((int(v) for v in value), default=0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _sliding_window(info: GGUFInfo, n_layers: int) -> tuple[int, tuple[bool, ...]]:
+    """The window and which layers use it: a per-layer list or a period in the GGUF
+    (`attention.sliding_window_pattern`), else llama.cpp's pattern for the architecture."""
+    n_swa = _largest(info.get("attention.sliding_window"))
+    if n_swa <= 0:
+        return 0, ()
+    layers = swa_layers(info.architecture, n_layers,
+                        info.get("attention.sliding_window_pattern"))
+    return (n_swa, layers) if any(layers) else (0, ())
+
+
+def swa_layers(architecture: str, n_layers: int, pattern: object = None) -> tuple[bool, ...]:
+    """Which layers use the sliding window: the GGUF's per-layer list or period, else
+    llama.cpp's pattern for the architecture (none for those it has none for)."""
+    if isinstance(pattern, list) and len(pattern) >= n_layers:
+        return tuple(bool(v) for v in pattern[:n_layers])
+    period = int(pattern) if isinstance(pattern, int) and not isinstance(pattern, bool) \
+        else SWA_PATTERN.get(architecture, 0)
+    if period <= 0:
+        return (False,) * n_layers  # llama.cpp ignores the window for other architectures
+    return tuple(i % period < period - 1 for i in range(n_layers))
+
+
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def kv_cells(shape: ModelShape, *, num_ctx: int, num_batch: int = 512,
+             swa_full: bool = False) -> tuple[int, int]:
+    """KV cells per slot on full-attention and on sliding-window layers."""
+    ubatch = min(num_batch, num_ctx)
+    swa = num_ctx if swa_full or not shape.n_swa else \
+        min(num_ctx, _pad(shape.n_swa + ubatch, KV_PAD))
+    return num_ctx, swa
+
+
 def estimate(shape: ModelShape, *, num_ctx: int, parallel: int, kv_cache_type: str = "f16",
-             num_batch: int = 512) -> Estimate:
-    tokens = num_ctx * parallel
+             num_batch: int = 512, swa_full: bool = False) -> Estimate:
     per_elem = KV_BYTES_PER_ELEMENT.get(kv_cache_type, 2.0)
-    kv_per_layer = int(tokens * shape.n_kv_heads * (shape.key_length + shape.value_length)
-                       * per_elem)
-    ubatch = min(num_batch, tokens)
-    # Logits of one micro-batch dominate for large vocabularies; activations add a little.
-    compute = 4 * ubatch * (shape.n_vocab + 8 * shape.n_embd)
+    full, window = kv_cells(shape, num_ctx=num_ctx, num_batch=num_batch, swa_full=swa_full)
+    per_cell = shape.n_kv_heads * (shape.key_length + shape.value_length) * per_elem * parallel
+    swa = shape.swa_layers or (False,) * shape.n_layers
+    kv_layers = [int((window if swa[i] else full) * per_cell) for i in range(shape.n_layers)]
+    ubatch = min(num_batch, num_ctx * parallel)
+    # llama.cpp reserves the graph of a full micro-batch with every row an output: its logits
+    # plus a norm's worth of activations (measured: 514.5 MiB for Gemma 3 at ubatch 512), or,
+    # for a small vocabulary, the feed-forward activations of the micro-batch.
+    activations = 4 * ubatch * (3 * shape.n_ff + 8 * shape.n_embd)
+    compute = max(ubatch * (4 * shape.n_vocab + 8 * shape.n_embd), activations)
     return Estimate(
         weights=shape.weights,
-        kv=kv_per_layer * shape.n_layers,
+        kv=sum(kv_layers),
         compute=compute,
-        layer_bytes=tuple(w + kv_per_layer for w in shape.layer_bytes),
+        layer_bytes=tuple(w + kv for w, kv in zip(shape.layer_bytes, kv_layers, strict=True)),
         other_bytes=shape.other_bytes,
+        output=4 * parallel * shape.n_vocab,
+        host_compute=min(activations, compute),
+        runtime=RUNNER_BASE + VOCAB_BYTES * shape.n_vocab,
     )

@@ -3,7 +3,7 @@
 Everything here is a function of an `Inventory` (GPUs, free memory), a memory `Estimate` and the
 runners already loaded; nothing starts, stops or measures anything, so every rule is tested
 without processes, on any machine. Ollama's scheduler is the model; we go past it with a
-per-model `num_parallel` and the largest-slots-that-fit default.
+per-model `num_parallel` and the largest-slots-that-fit default (up to 16 on GPUs).
 
 Placement order: the whole model on the single GPU with the most free memory if it fits; else
 split across the fewest GPUs that hold it (layers in proportion to free memory); else as many
@@ -26,6 +26,11 @@ from runner.inventory import GPU, Inventory
 from shared.errors import CorralError
 
 GPU_RESERVE = 457 * 1024**2  # what a CUDA context and driver keep per GPU (Ollama's figure)
+MAX_PARALLEL = 16  # CORRAL_MAX_PARALLEL: the most slots chosen on GPUs
+CPU_PARALLEL = 4  # ... and on the CPU
+# Slots beyond CPU_PARALLEL only while the runner takes at most this share of the memory free
+# now: the rest stays for other models (a model as large again still fits beside it).
+EXTRA_SLOTS_SHARE = 0.5
 REPLICA_SETTLE = 1.0  # seconds a model's queue must stay long before it gets another replica
 
 
@@ -80,7 +85,8 @@ def place(estimate: Estimate, inventory: Inventory, *, num_gpu: int = -1,
           main_gpu: int | None = None, overhead: int = 0) -> Placement:
     """Decide where one model runs. `num_gpu` caps the offloaded layers (-1 = automatic)."""
     n_layers = len(estimate.layer_bytes)
-    cpu = Placement((), 0, n_layers, None, {}, estimate.total)
+    # On the CPU a runner holds less than llama.cpp allocates (runner/estimate.py).
+    cpu = Placement((), 0, n_layers, None, {}, estimate.host_total)
     gpus = list(inventory.gpus)
     if num_gpu == 0 or not gpus:
         return cpu
@@ -135,23 +141,37 @@ def _split_vector(chosen: Sequence[GPU], shares: Sequence[float]) -> tuple[float
     return tuple(vector)
 
 
+def parallel_choices(inventory: Inventory, max_parallel: int = MAX_PARALLEL) -> list[int]:
+    """The slot counts tried, largest first: on GPUs CORRAL_MAX_PARALLEL and the powers of two
+    below it; on the CPU 4, 2 (more slots there only split the same cores)."""
+    top = max(1, max_parallel if inventory.gpus else min(max_parallel, CPU_PARALLEL))
+    return [top] + [2**k for k in range(top.bit_length() - 1, 0, -1) if 2**k < top]
+
+
 def choose_parallel(estimate_for: Callable[[int], Estimate], inventory: Inventory, *,
                     configured: int = 0, requested: int | None = None,
-                    embedding_only: bool = False, overhead: int = 0) -> int:
+                    embedding_only: bool = False, overhead: int = 0,
+                    max_parallel: int = MAX_PARALLEL) -> int:
     """Slots per runner: a per-model/request `num_parallel`, else OLLAMA_NUM_PARALLEL, else the
-    largest of 4, 2, 1 whose KV cache fits (embedding models always get 1)."""
+    largest of `parallel_choices` whose memory fits what is free now (embedding models always
+    get 1). On GPUs that goes up to CORRAL_MAX_PARALLEL, where sliding-window caches leave room
+    that 4 slots would waste; but more than 4 only while the runner takes at most half of what
+    is free, so that more slots never cost a model of the same size its place beside it."""
     if embedding_only:
         return 1
     if requested:
         return max(1, requested)
     if configured:
         return configured
-    room = (sum(_usable(g, overhead) for g in inventory.gpus) if inventory.gpus
-            else inventory.ram_free)
-    for parallel in (4, 2):
-        if estimate_for(parallel).total <= room:
-            return parallel
-    return 1
+    if inventory.gpus:
+        room = sum(_usable(g, overhead) for g in inventory.gpus)
+        fits = [p for p in parallel_choices(inventory, max_parallel)
+                if estimate_for(p).total <= (room if p <= CPU_PARALLEL
+                                             else room * EXTRA_SLOTS_SHARE)]
+    else:
+        fits = [p for p in parallel_choices(inventory, max_parallel)
+                if estimate_for(p).host_total <= inventory.ram_free]
+    return fits[0] if fits else 1
 
 
 @dataclass(frozen=True)
@@ -238,7 +258,7 @@ def plan_model(shape: ModelShape, inventory: Inventory, residents: Sequence[Resi
                num_ctx: int, num_batch: int = 512, num_gpu: int = -1,
                main_gpu: int | None = None, requested_parallel: int = 0,
                configured_parallel: int = 0, kv_cache_type: str = "f16", overhead: int = 0,
-               max_loaded: int = 0) -> ModelPlan:
+               max_loaded: int = 0, max_parallel: int = MAX_PARALLEL) -> ModelPlan:
     """The whole decision for loading a model of `shape` now (used by the pool and `corral
     plan`): slots, the memory they need, where it goes, and who must make room."""
 
@@ -248,7 +268,8 @@ def plan_model(shape: ModelShape, inventory: Inventory, residents: Sequence[Resi
 
     parallel = choose_parallel(estimate_for, inventory, configured=configured_parallel,
                                requested=requested_parallel or None,
-                               embedding_only=shape.embedding_only, overhead=overhead)
+                               embedding_only=shape.embedding_only, overhead=overhead,
+                               max_parallel=max_parallel)
     need = estimate_for(parallel)
     plan = plan_load(need, inventory, residents,
                      max_loaded=max_loaded or 3 * max(len(inventory.gpus), 1),

@@ -362,7 +362,7 @@ class RunnerPool:
             main_gpu=load.main_gpu if load.main_gpu >= 0 else None,
             requested_parallel=load.parallel, configured_parallel=s.num_parallel,
             kv_cache_type=s.kv_cache_type, overhead=s.gpu_overhead,
-            max_loaded=self.max_loaded(inventory))
+            max_loaded=self.max_loaded(inventory), max_parallel=s.max_parallel)
 
     async def _load(self, key: str, name: str, model: Any, load: p.Load,
                     keep_alive: float | None) -> LoadedRunner:

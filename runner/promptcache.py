@@ -6,10 +6,11 @@ does not extend it loses what it held. Before that happens the engine saves the 
 more with an entry than with any slot restores it into its slot, trims it to the shared start and
 reads only the rest.
 
-An entry holds a list of states: today one state of its whole token list (an attention cache can
-be cut back to any shorter prefix after a restore); sliding-window caches will add checkpoints at
-earlier positions (llama.cpp's partial `_ext` states), of which a restore takes the longest one
-at or below the shared start.
+An entry holds a list of states: one state of its whole token list, and checkpoints of the
+sliding-window layers' cache at earlier positions (llama.cpp's partial `_ext` states). An attention
+cache can be cut back to any shorter prefix after a restore; a sliding-window cache only to where
+it still holds the window before the cut (`floor`), and below that a checkpoint must replace its
+sliding-window part first (`Entry.serve`).
 
 This module knows nothing of llama.cpp: states are opaque bytes.
 """
@@ -40,7 +41,10 @@ class State:
     # Positions from 0 that were read in the seeded layout (runner/engine.py, `seeded_keep`):
     # it travels with the state so a seeded request reuses no more than it could from a slot.
     canonical: int = 0
-    partial: bool = False  # a checkpoint that cannot be cut back below n_tokens (SWA)
+    partial: bool = False  # a checkpoint of the sliding-window layers only
+    # The shortest prefix it can be cut back to: below it the sliding-window part no longer
+    # holds the window a next token looks back on (0: any prefix).
+    floor: int = 0
 
 
 @dataclass
@@ -54,14 +58,24 @@ class Entry:
     def nbytes(self) -> int:
         return sum(len(s.data) for s in self.states)
 
-    def state_for(self, keep: int) -> State | None:
-        """The state to restore for a trim to `keep` tokens: a whole state long enough to be cut
-        back, else the longest checkpoint that ends at or before `keep`."""
-        whole = [s for s in self.states if not s.partial and s.n_tokens >= keep]
-        if whole:
-            return min(whole, key=lambda s: s.n_tokens)
-        points = [s for s in self.states if s.partial and s.n_tokens <= keep]
-        return max(points, key=lambda s: s.n_tokens, default=None)
+    def checkpoints(self, upto: int) -> list[State]:
+        """The sliding-window checkpoints that a whole state of `upto` tokens can take."""
+        return [s for s in self.states if s.partial and s.n_tokens <= upto]
+
+    def serve(self, keep: int) -> tuple[State, int] | None:
+        """The whole state to restore for a trim to at most `keep` tokens, and the longest
+        prefix it then serves: `keep` itself where the state still holds the window there, else
+        as far as its checkpoints reach (one that ends at or after the cut, or the latest one
+        before it). None when it serves nothing."""
+        best: tuple[State, int] | None = None
+        for whole in (s for s in self.states if not s.partial):
+            n = min(keep, whole.n_tokens)
+            if whole.floor > n:
+                n = max((min(n, c.n_tokens) for c in self.checkpoints(whole.n_tokens)
+                         if c.floor <= min(n, c.n_tokens)), default=0)
+            if n > 0 and (best is None or n > best[1]):
+                best = (whole, n)
+        return best
 
 
 @dataclass
@@ -103,10 +117,12 @@ class PromptCache:
 
     def holds(self, tokens: list[int], canonical: int) -> bool:
         """Whether an entry already holds all of `tokens` (and as much of the seeded layout)."""
+        n = len(tokens)
         for entry in self.entries:
-            if (len(entry.tokens) >= len(tokens) and entry.tokens[:len(tokens)] == tokens
-                    and any(not s.partial and s.n_tokens >= len(tokens)
-                            and s.canonical >= min(canonical, len(tokens)) for s in entry.states)):
+            if len(entry.tokens) < n or entry.tokens[:n] != tokens:
+                continue
+            served = entry.serve(n)
+            if served is not None and served[1] >= n and served[0].canonical >= min(canonical, n):
                 entry.last_used = next(self._clock)
                 return True
         return False
@@ -123,13 +139,15 @@ class PromptCache:
         if not self.enabled or size > self.budget or not tokens:
             return None
         canonical = max((s.canonical for s in states), default=0)
+        entry = Entry(list(tokens), list(states), next(self._clock), uses)
         for old in list(self.entries):
             n = len(old.tokens)
+            served = entry.serve(n)  # a sliding-window state may not reach back to its end
             if (n <= len(tokens) and tokens[:n] == old.tokens
+                    and served is not None and served[1] >= n
                     and all(s.canonical <= canonical for s in old.states)):
-                uses += old.uses
+                entry.uses += old.uses
                 self._drop(old)
-        entry = Entry(list(tokens), list(states), next(self._clock), uses)
         self.entries.append(entry)
         self.bytes += size
         self._evict(keep=entry)

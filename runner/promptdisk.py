@@ -25,7 +25,7 @@ from runner.promptcache import PromptCache, State
 
 log = logging.getLogger("corral.runner")
 
-MAGIC = b"corral-prompt-cache 1\n"
+MAGIC = b"corral-prompt-cache 2\n"  # 2: states carry their floor
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -51,7 +51,8 @@ def save(cache: PromptCache, path: Path, settings: dict[str, Any], budget: int) 
     body = msgpack.packb({
         "settings": settings,
         "entries": [{"tokens": e.tokens, "uses": e.uses,
-                     "states": [[s.n_tokens, s.canonical, s.partial, s.data] for s in e.states]}
+                     "states": [[s.n_tokens, s.canonical, s.partial, s.data, s.floor]
+                                for s in e.states]}
                     for e in chosen],
     }, use_bin_type=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,8 @@ def load(cache: PromptCache, path: Path, settings: dict[str, Any]) -> int:
             return 0
         loaded = 0
         for item in reversed(data["entries"]):  # oldest first, so the newest end most recent
-            states = [State(int(n), bytes(blob), int(canonical), bool(partial))
-                      for n, canonical, partial, blob in item["states"]]
+            states = [State(int(n), bytes(blob), int(canonical), bool(partial), int(floor))
+                      for n, canonical, partial, blob, floor in item["states"]]
             if cache.put([int(t) for t in item["tokens"]], states, uses=int(item["uses"])):
                 loaded += 1
         return loaded

@@ -198,6 +198,7 @@ class Settings:
     serve_registry: bool = False  # CORRAL_SERVE_REGISTRY: answer the OCI read side on /v2/
     gpus_file: Path | None = None  # CORRAL_GPUS: a JSON description of simulated GPUs
     max_replicas: int = 2  # CORRAL_MAX_REPLICAS: runners of one hot model (GPUs only; 1 = off)
+    max_parallel: int = 16  # CORRAL_MAX_PARALLEL: the most slots chosen on GPUs (CPU: 4)
     safe_cpu: bool = False  # CORRAL_SAFE_CPU: load without llama.cpp's extra CPU buffer types
     # Teams (gateway/team/): the keys file, an admin key from the environment (never printed),
     # the request body cap, the access log ("" = stderr, "off", or a file) and fair sharing.
@@ -287,6 +288,8 @@ class Settings:
             kwargs["gpus_file"] = path
         if raw := get("CORRAL_MAX_REPLICAS"):
             kwargs["max_replicas"] = _parse_int("CORRAL_MAX_REPLICAS", raw, minimum=1)
+        if raw := get("CORRAL_MAX_PARALLEL"):
+            kwargs["max_parallel"] = _parse_int("CORRAL_MAX_PARALLEL", raw, minimum=1)
         if raw := get("CORRAL_SAFE_CPU"):
             kwargs["safe_cpu"] = _parse_bool("CORRAL_SAFE_CPU", raw)
         if raw := get("CORRAL_SERVE_REGISTRY"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from runner.placement import (
     choose_parallel,
     cpu_threads,
     eviction_order,
+    parallel_choices,
     place,
     plan_load,
     plan_replica,
@@ -104,16 +106,52 @@ def test_overhead_is_reserved_per_gpu() -> None:
     assert place(model(20), gpus(24), overhead=6 * GiB).gpu_layers < 32
 
 
-def test_parallel_largest_that_fits() -> None:
+@pytest.mark.parametrize(("inventory", "settings", "expected"), [
+    # model(4 + 3 x slots) GiB: on GPUs the largest of 16, 8, 4, 2 that fits, else 1; above 4
+    # only within half the free memory.
+    (gpus(120), {}, 16),  # 52 GiB
+    (gpus(80), {}, 8),  # 28 GiB; 16 slots would fit but take two thirds of it
+    (gpus(40, 40), {}, 8),  # over two GPUs' room together
+    (gpus(48), {}, 4),  # 8 slots would take over half
+    (gpus(24), {}, 4),
+    (gpus(12), {}, 2),
+    (gpus(8), {}, 1),
+    (gpus(80), {"max_parallel": 8}, 8),  # CORRAL_MAX_PARALLEL
+    (gpus(80), {"max_parallel": 6}, 6),  # ... need not be a power of two
+    (gpus(20), {"max_parallel": 6}, 4),
+    (gpus(80), {"max_parallel": 1}, 1),
+    (CPU_ONLY, {}, 4),  # 48 GiB of RAM would hold 16 slots: the CPU stays at 4
+    (CPU_ONLY, {"max_parallel": 2}, 2),
+    (gpus(80), {"configured": 3}, 3),  # OLLAMA_NUM_PARALLEL wins
+    (gpus(8), {"configured": 32}, 32),  # ... even past what fits or the maximum
+    (CPU_ONLY, {"configured": 12}, 12),
+    (gpus(80), {"configured": 3, "requested": 2}, 2),  # a model's num_parallel wins over it
+    (gpus(80), {"embedding_only": True}, 1),
+])
+def test_parallel_largest_that_fits(inventory: Inventory, settings: dict,
+                                    expected: int) -> None:
     def estimate_for(parallel: int) -> Estimate:
         return model(4 + 3 * parallel)  # KV grows with slots
-    assert choose_parallel(estimate_for, gpus(80)) == 4
-    assert choose_parallel(estimate_for, gpus(12)) == 2
-    assert choose_parallel(estimate_for, gpus(8)) == 1
-    assert choose_parallel(estimate_for, gpus(80), configured=3) == 3
-    assert choose_parallel(estimate_for, gpus(80), configured=3, requested=2) == 2
-    assert choose_parallel(estimate_for, gpus(80), embedding_only=True) == 1
-    assert choose_parallel(estimate_for, CPU_ONLY) == 4  # 48 GiB of RAM holds 16 GiB
+    assert choose_parallel(estimate_for, inventory, **settings) == expected
+
+
+def test_parallel_choices() -> None:
+    assert parallel_choices(gpus(80)) == [16, 8, 4, 2]
+    assert parallel_choices(gpus(80), 12) == [12, 8, 4, 2]
+    assert parallel_choices(gpus(80), 2) == [2]
+    assert parallel_choices(CPU_ONLY) == [4, 2]
+    assert parallel_choices(CPU_ONLY, 3) == [3, 2]
+
+
+def test_parallel_on_the_cpu_counts_what_a_cpu_runner_holds() -> None:
+    """A CPU runner holds less than llama.cpp allocates (its compute buffer's logits rows stay
+    unwritten): the slots are chosen by that figure."""
+    small_ram = Inventory((), 64 * GiB, int(11.7 * GiB))
+
+    def estimate_for(parallel: int) -> Estimate:
+        return dataclasses.replace(model(4 + 2 * parallel), host_compute=0)
+    assert estimate_for(4).total > small_ram.ram_free >= estimate_for(4).host_total
+    assert choose_parallel(estimate_for, small_ram) == 4
 
 
 def resident(key: str, *, busy: bool = False, keep_alive: float = 300, last_used: float = 0,

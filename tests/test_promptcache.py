@@ -12,8 +12,9 @@ from runner.promptcache import PromptCache, State
 from shared import protocol as p
 
 
-def state(n: int, size: int = 100, canonical: int = 0, partial: bool = False) -> State:
-    return State(n, b"x" * size, canonical, partial)
+def state(n: int, size: int = 100, canonical: int = 0, partial: bool = False,
+          floor: int = 0) -> State:
+    return State(n, b"x" * size, canonical, partial, floor)
 
 
 def test_best_entry_is_the_longest_shared_start() -> None:
@@ -39,6 +40,13 @@ def test_an_entry_replaces_its_prefixes_and_inherits_their_uses() -> None:
     seeded.put([1, 2], [state(2, canonical=2)])
     seeded.put([1, 2, 3], [state(3, canonical=0)])
     assert len(seeded.entries) == 2
+    # So is one that a sliding-window state cannot be cut back to.
+    windowed = PromptCache(10_000)
+    windowed.put([1, 2], [state(2)])
+    windowed.put([1, 2, 3, 4], [state(4, floor=3)])
+    assert len(windowed.entries) == 2
+    windowed.put([1, 2, 3, 4, 5], [state(5, floor=3), state(2, partial=True)])
+    assert [e.tokens for e in windowed.entries] == [[1, 2, 3, 4, 5]]
 
 
 def test_eviction_is_lru_but_keeps_a_start_many_share() -> None:
@@ -55,15 +63,24 @@ def test_eviction_is_lru_but_keeps_a_start_many_share() -> None:
     assert cache.put([5], [state(1, size=1000)]) is None  # larger than the whole budget
 
 
-def test_state_for_a_trim_takes_a_whole_state_or_the_last_checkpoint_before_it() -> None:
+def test_a_cut_takes_the_whole_state_where_it_holds_the_window_else_a_checkpoint() -> None:
     cache = PromptCache(10_000)
-    entry = cache.put(list(range(50)), [state(50), state(10, partial=True),
-                                        state(30, partial=True)])
+    # An attention cache: any cut.
+    entry = cache.put(list(range(50)), [state(50)])
+    assert entry is not None and entry.serve(40) == (entry.states[0], 40)
+    # A sliding-window cache that holds the window only for cuts at 35 or later, with
+    # checkpoints at 10 (window from 0) and 30 (window for cuts at 20 or later).
+    entry = cache.put(list(range(60)), [state(60, floor=35), state(10, partial=True),
+                                        state(30, partial=True, floor=20)])
     assert entry is not None
-    assert entry.state_for(40).n_tokens == 50
-    entry.states = [s for s in entry.states if s.partial]
-    assert entry.state_for(40).n_tokens == 30
-    assert entry.state_for(5) is None
+    whole = entry.states[0]
+    assert entry.serve(40) == (whole, 40)  # the whole state cut back
+    assert entry.serve(32) == (whole, 30)  # the checkpoint at 30
+    assert entry.serve(25) == (whole, 25)  # ... cut back within its window
+    assert entry.serve(15) == (whole, 10)  # the one at 10 reaches back to the start
+    assert [c.n_tokens for c in entry.checkpoints(20)] == [10]
+    entry.states = [whole]
+    assert entry.serve(30) is None  # nothing reaches: read again from the start
 
 
 def test_off_keeps_nothing() -> None:
@@ -76,17 +93,20 @@ def test_disk_keeps_entries_used_twice_within_budget_and_refuses_a_damaged_file(
     cache = PromptCache(10_000)
     cache.put([1, 2, 3], [state(3, canonical=3)], uses=2)
     cache.put([4, 5, 6], [state(3)], uses=1)  # served one request: not worth the disk
-    cache.put([7, 8, 9], [state(3, size=300)], uses=5)  # beyond the disk budget with the other
+    cache.put([7, 8, 9], [state(3, size=300, floor=2), state(1, partial=True)],
+              uses=5)  # beyond the disk budget with the other
     settings = {"model": "sha256-abc", "n_ctx": 1024}
     path = promptdisk.cache_file(str(tmp_path), "/store/blobs/sha256-abc", settings)
     assert path.parent == tmp_path / "sha256-abc"
-    assert promptdisk.save(cache, path, settings, budget=350) == 1
+    assert promptdisk.save(cache, path, settings, budget=450) == 1
 
     again = PromptCache(10_000)
     assert promptdisk.load(again, path, settings) == 1
     [entry] = again.entries
     assert entry.tokens == [7, 8, 9] and entry.uses == 5
     assert entry.states[0].data == b"x" * 300
+    assert [(s.n_tokens, s.partial, s.floor) for s in entry.states] == [(3, False, 2),
+                                                                         (1, True, 0)]
     assert promptdisk.load(PromptCache(10_000), path, {**settings, "n_ctx": 2048}) == 0
     assert "other load settings" in caplog.text
     raw = bytearray(path.read_bytes())

@@ -36,13 +36,30 @@ def add_plan_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _residents() -> list[Resident]:
-    """Runners loaded by a server on OLLAMA_HOST, if one is running: one per replica."""
+def _running() -> list[dict[str, Any]]:
+    """/api/ps's models of a server on OLLAMA_HOST, if one is running."""
     try:
         with Client(connect_timeout=2.0) as client:
-            running = client.get("/api/ps").get("models", [])
+            return client.get("/api/ps").get("models", [])
     except CLIError:
         return []
+
+
+def _measured(running: list[dict[str, Any]], model: Any) -> dict[str, Any] | None:
+    """What the server measures of this model when it is loaded: the runner's RSS (summed over
+    replicas), its GPU memory, and llama.cpp's buffers by kind (one replica's)."""
+    for m in running:
+        if m.get("digest") == model.digest and m.get("name") == model.display():
+            extra = m.get("corral") or {}
+            return {"parallel": extra.get("parallel"), "context_length": m.get("context_length"),
+                    "replicas": extra.get("replicas", 1),
+                    "estimate": extra.get("estimate"),  # the server's, for that load
+                    **(extra.get("measured") or {})}
+    return None
+
+
+def _residents(running: list[dict[str, Any]]) -> list[Resident]:
+    """The server's loaded runners as the decision sees them: one per replica."""
     residents = []
     for m in running:
         extra = m.get("corral") or {}
@@ -77,13 +94,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     num_ctx = args.ctx or model.params.get("num_ctx") or settings.context_length or \
         DEFAULT_NUM_CTX
     num_ctx = min(num_ctx, info.context_length or num_ctx)
+    running = _running()
     try:
-        decision = plan_model(shape_from_gguf(info), inventory, _residents(), num_ctx=num_ctx,
+        decision = plan_model(shape_from_gguf(info), inventory, _residents(running),
+                              num_ctx=num_ctx,
                               requested_parallel=args.parallel,
                               configured_parallel=settings.num_parallel,
                               kv_cache_type=settings.kv_cache_type,
                               overhead=settings.gpu_overhead,
-                              max_loaded=settings.max_loaded_models)
+                              max_loaded=settings.max_loaded_models,
+                              max_parallel=settings.max_parallel)
     except CorralError as exc:
         raise CLIError(exc.message) from None
     placement, need = decision.load.placement, decision.estimate
@@ -95,7 +115,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                 "free": g.free} for g in inventory.gpus],
                       "ram_free": inventory.ram_free, "simulated": inventory.simulated},
         "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
-                     "total": need.total},
+                     "output": need.output, "total": need.total, "host_total": need.host_total},
+        # The same model as a running server has it loaded (its own slots and context), or
+        # null: what the estimate is held against.
+        "measured": _measured(running, model),
         "placement": {"gpus": list(placement.gpus), "gpu_layers": placement.gpu_layers,
                       "total_layers": placement.total_layers,
                       "tensor_split": placement.tensor_split,
@@ -117,7 +140,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_row("weights (estimate)", f"{need.weights / MiB:.0f}")
     table.add_row("KV cache (estimate)", f"{need.kv / MiB:.0f}")
     table.add_row("compute buffers (estimate)", f"{need.compute / MiB:.0f}")
+    table.add_row("runner RAM on the CPU (estimate)", f"{need.host_total / MiB:.0f}")
+    measured = report["measured"]
+    if measured is not None:
+        buffers = measured.get("buffers") or {}
+        for kind in ("weights", "kv", "compute", "output"):
+            if kind in buffers:
+                table.add_row(f"{kind} (measured)", f"{buffers[kind] / MiB:.0f}")
+        loaded = measured.get("estimate") or {}
+        if loaded.get("host_total"):
+            table.add_row("runner RAM (that load's estimate)", f"{loaded['host_total'] / MiB:.0f}")
+        if measured.get("rss"):
+            table.add_row("runner RSS (measured)", f"{measured['rss'] / MiB:.0f}")
+        if measured.get("vram"):
+            table.add_row("GPU memory (measured)", f"{measured['vram'] / MiB:.0f}")
     Console().print(table)
+    if measured is not None:
+        print(f"loaded now: {measured['replicas']} runner(s) of {measured['parallel']} slot(s) of "
+              f"{measured['context_length']} tokens; the measured rows are that load's (buffers "
+              "as llama.cpp logged them, RSS summed over the runners)")
     if decision.load.evict:
         print("would first unload:", ", ".join(decision.load.evict))
     if decision.load.wait:
