@@ -77,10 +77,52 @@ def f32_shortest(value: float) -> float:
 _F32 = struct.Struct("<f")
 
 
+# Arrays longer than this (a vocabulary: 262k tokens, scores and types, ~40 MB as Python
+# objects) stay in the file until their items are used; serving only needs their length.
+LAZY_ITEMS = 4096
+
+
+class LazyArray(list):  # a list to the code that reads the header
+    """A long header array: its length is known, its items are read from the file each time
+    they are used (/api/show with verbose), so a serving gateway does not hold them."""
+
+    def __init__(self, path: str, offset: int, count: int) -> None:
+        super().__init__()
+        self._path, self._offset, self._count = path, offset, count
+
+    def items(self) -> list[Any]:
+        with open(self._path, "rb") as f, \
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            cursor = _Cursor(buf)
+            cursor.pos = self._offset
+            return cursor.array()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Any:
+        return iter(self.items())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.items()[index]
+
+    def __eq__(self, other: object) -> bool:
+        return self.items() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{self._count} items of {self._path} at {self._offset}>"
+
+
 class _Cursor:
-    def __init__(self, buf: mmap.mmap) -> None:
+    def __init__(self, buf: mmap.mmap, path: str | None = None) -> None:
         self.buf = buf
         self.pos = 0
+        self.path = path  # set: long arrays become LazyArray
 
     def unpack(self, fmt: str) -> Any:
         (value,) = struct.unpack_from(fmt, self.buf, self.pos)
@@ -107,8 +149,12 @@ class _Cursor:
         return f32_shortest(value) if vtype == FLOAT32 else value
 
     def array(self) -> list[Any]:
+        start = self.pos
         itype = self.unpack("<I")
         count = self.unpack("<Q")
+        if self.path is not None and count > LAZY_ITEMS and itype != ARRAY:
+            self._skip(itype, count)
+            return LazyArray(self.path, start, count)
         if itype == STRING:
             buf, pos, out = self.buf, self.pos, []
             unpack_len = struct.Struct("<Q").unpack_from
@@ -130,20 +176,36 @@ class _Cursor:
         self.pos += items.size
         return values
 
+    def _skip(self, itype: int, count: int) -> None:
+        if itype == STRING:
+            buf, pos = self.buf, self.pos
+            unpack_len = struct.Struct("<Q").unpack_from
+            for _ in range(count):
+                pos += 8 + unpack_len(buf, pos)[0]
+            if pos > len(buf):
+                raise ValueError("GGUF array runs past the end of the file")
+            self.pos = pos
+        elif itype in _SCALARS:
+            self.pos += struct.calcsize("<" + _SCALARS[itype]) * count
+            if self.pos > len(self.buf):
+                raise ValueError("GGUF array runs past the end of the file")
+        else:
+            raise ValueError(f"unknown GGUF array item type {itype}")
+
 
 def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """Parse a little-endian GGUF v2/v3 header. Raises ValueError for anything else."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
-            return _parse(buf)
+            return _parse(buf, os.path.abspath(path))
         except struct.error as exc:
             raise ValueError(f"truncated GGUF header: {exc}") from None
 
 
-def _parse(buf: mmap.mmap) -> GGUFHeader:
+def _parse(buf: mmap.mmap, path: str | None = None) -> GGUFHeader:
     if buf[:4] != GGUF_MAGIC:
         raise ValueError("not a GGUF file (bad magic)")
-    cur = _Cursor(buf)
+    cur = _Cursor(buf, path)
     cur.pos = 4
     version = cur.unpack("<I")
     if version not in (2, 3):

@@ -39,3 +39,22 @@ def test_float32_values_print_as_numpy_prints_them() -> None:
     for raw in values:
         value = struct.unpack("<f", struct.pack("<f", raw))[0]
         assert h.f32_shortest(value) == float(str(np.float32(value))), value
+
+
+def test_long_arrays_stay_in_the_file_until_used(model_path: str) -> None:
+    import mmap
+
+    header = h.read_header(model_path)
+    tokens = header.kv["tokenizer.ggml.tokens"]
+    scores = header.kv["tokenizer.ggml.scores"]
+    assert isinstance(tokens, h.LazyArray) and isinstance(tokens, list)
+    assert len(tokens) == len(scores) == 262144 and tokens
+    with open(model_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        eager = h._parse(buf)  # no path: every array read in full
+    assert list(tokens) == eager.kv["tokenizer.ggml.tokens"]
+    assert tokens[2] == eager.kv["tokenizer.ggml.tokens"][2] and scores == eager.kv[
+        "tokenizer.ggml.scores"]
+    short = [k for k, v in header.kv.items() if isinstance(v, list) and len(v) <= h.LAZY_ITEMS]
+    assert all(type(header.kv[k]) is list for k in short)  # short arrays are read at once
+    assert {k: v for k, v in header.kv.items() if not isinstance(v, h.LazyArray)} == {
+        k: v for k, v in eager.kv.items() if not isinstance(header.kv[k], h.LazyArray)}
