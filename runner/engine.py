@@ -587,7 +587,7 @@ class Engine:
         n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.index)
         if n > 0:
             whole = State(len(tokens), ctypes.string_at(buf, n), slot.canonical,
-                          floor=self._floor(slot))
+                          floor=self._saved_floor(slot))
             # Checkpoints only for the cuts the whole state cannot serve itself.
             points = [c for c in slot.checkpoints if c.n_tokens < whole.floor]
             cache.put(list(tokens), [whole, *points], uses=slot.uses)
@@ -600,6 +600,12 @@ class Engine:
         pos_min = llama_cpp.llama_memory_seq_pos_min(self.memory, slot.index)
         return pos_min + self.n_swa if pos_min > 0 else 0
 
+    def _saved_floor(self, slot: Slot) -> int:
+        """The floor of a state saved from the slot now: llama.cpp writes only the positions the
+        window still sees from its end, so beyond the window it serves a cut at its end only."""
+        n = len(slot.tokens)
+        return max(self._floor(slot), n if self.n_swa and n > self.n_swa else 0)
+
     def _fit_window(self, slot: Slot, keep: int) -> int:
         """The longest cut at or below `keep` that leaves the slot's sliding-window cache
         holding the window before it: `keep` itself, or as far as a checkpoint (restored here)
@@ -608,12 +614,14 @@ class Engine:
             return keep
         usable = [c for c in slot.checkpoints
                   if c.n_tokens <= len(slot.tokens) and c.floor <= min(keep, c.n_tokens)]
-        point = max(usable, key=lambda c: min(keep, c.n_tokens), default=None)
-        if point is not None:
+        for point in sorted(usable, key=lambda c: min(keep, c.n_tokens), reverse=True):
             data = (ctypes.c_uint8 * len(point.data)).from_buffer_copy(point.data)
+            cut = min(keep, point.n_tokens)
+            # What was restored decides, not what was recorded.
             if llama_cpp.llama_state_seq_set_data_ext(self.ctx, data, len(point.data),
-                                                      slot.index, _PARTIAL):
-                return min(keep, point.n_tokens)
+                                                      slot.index, _PARTIAL) \
+                    and self._floor(slot) <= cut:
+                return cut
         llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
         slot.tokens, slot.canonical, slot.checkpoints = [], 0, []
         return 0
@@ -629,7 +637,7 @@ class Engine:
         if n <= 0:
             return
         point = State(len(slot.tokens), ctypes.string_at(buf, n), slot.canonical, partial=True,
-                      floor=self._floor(slot))
+                      floor=self._saved_floor(slot))
         kept = [c for c in slot.checkpoints if c.n_tokens < point.n_tokens]
         slot.checkpoints = [*kept, point][-SLOT_CHECKPOINTS:]
 
