@@ -248,10 +248,11 @@ def test_message_thinking_must_be_text() -> None:
 # --- thinking and tool calls together ------------------------------------------------------------
 
 
-async def _stream(pieces: list[str]) -> AsyncIterator[p.Chunk | p.Done]:
+async def _stream(pieces: list[str]) -> AsyncIterator[list[p.Chunk | p.Done]]:
+    """What the runner client yields: the messages that arrived together (one each here)."""
     for piece in pieces:
-        yield p.Chunk(0, piece)
-    yield p.Done(0, "stop", 1, 1, len(pieces), 1)
+        yield [p.Chunk(0, piece)]
+    yield [p.Done(0, "stop", 1, 1, len(pieces), 1)]
 
 
 def _events(pieces: list[str], *, inside: bool, tools: bool) -> list[Any]:
