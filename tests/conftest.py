@@ -87,8 +87,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, log: Path, root: Path = ROOT, **extra_env: str) -> LiveServer:
-    """`corral serve` from the checkout at `root` (another one: benchmarks comparing versions)."""
+def start_server(models: Path, log: Path, root: Path = ROOT,
+                 args: tuple[str, ...] = ("-m", "gateway.cli", "serve"), **extra_env: str
+                 ) -> LiveServer:
+    """`corral serve` from the checkout at `root` (another one: benchmarks comparing versions);
+    `args` runs another entry point that serves the same way (a benchmark's stand-in)."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
@@ -98,7 +101,7 @@ def start_server(models: Path, log: Path, root: Path = ROOT, **extra_env: str) -
     env.update({"OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), **extra_env})
     env["PYTHONPATH"] = str(root)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=root, env=env,
+        proc = subprocess.Popen([sys.executable, *args], cwd=root, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = LiveServer(f"http://{host}", host, env, proc, models, log)
     deadline = time.monotonic() + START_TIMEOUT

@@ -21,7 +21,6 @@ import asyncio
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from tests.conftest import ROOT, START_TIMEOUT, LiveServer, free_port
+from tests.conftest import LiveServer, start_server
 
 MODEL = "gemma3:270m"
 ENDPOINTS = {
@@ -59,30 +58,9 @@ def _body(kind: str, tokens: int) -> dict[str, object]:
 
 def start_gateway(models: Path, log: Path, step_ms: float) -> LiveServer:
     """`corral serve` with the stand-in runner (see `_serve`)."""
-    host = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
-    env.pop("CORRAL_API_KEY", None)
-    env.update({"OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), "OLLAMA_KEEP_ALIVE": "1h",
-                "CORRAL_KEYS_FILE": str(log.with_name("no-keys.json")),
-                "CORRAL_ACCESS_LOG": "off", "CORRAL_STANDIN_STEP_MS": str(step_ms),
-                "OLLAMA_NUM_PARALLEL": "4", "PYTHONPATH": str(ROOT)})
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.bench.gateway_ceiling", "--serve"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    server = LiveServer(f"http://{host}", host, env, proc, models, log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(server.url + "/", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"the gateway did not answer in {START_TIMEOUT}s:\n{log.read_text()}")
+    return start_server(models, log, args=("-m", "tests.bench.gateway_ceiling", "--serve"),
+                        OLLAMA_KEEP_ALIVE="1h", CORRAL_ACCESS_LOG="off",
+                        CORRAL_STANDIN_STEP_MS=str(step_ms), OLLAMA_NUM_PARALLEL="4")
 
 
 def _serve() -> int:
