@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import metrics, openapi
 from gateway.accesslog import AccessLog
@@ -87,7 +87,39 @@ class App(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Streamed bodies write through the server's own send (gateway.http.Stream).
         scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        body = _RequestBody(receive)
+
+        async def send_after_body(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await body.drain()
+            await send(message)
+
+        await super().__call__(scope, body.receive, send_after_body)
+
+
+class _RequestBody:
+    """Tracks whether the app read the request body to its end, so that the rest can be read
+    before the reply ends. Hypercorn queues at most ten body pieces for the app, and the end of
+    a reply puts one more message into that queue: a reply ended while an upload is still
+    arriving (an error part way through a blob) would wait on a full queue forever, the client
+    still sending and never answered."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.done = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+    async def drain(self) -> None:
+        while not self.done:
+            await self.receive()
 
 
 def create_app(settings: Settings, store: Store) -> Starlette:
