@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from runner.cpusafety import crash_signal, describe_crash
 from shared import protocol as p
-from shared.errors import CorralError, RunnerError
+from shared.errors import BadRequest, CorralError, RunnerError
 
 log = logging.getLogger("corral.runner")
 
@@ -174,7 +174,11 @@ class RunnerProcess:
     async def _send(self, message: p.Message) -> None:
         if not self.alive or self._sock is None:
             raise RunnerError(self.dead or "runner is not running")
-        await self._sock.send(p.encode(message))
+        try:
+            frame = p.encode(message)
+        except OverflowError:  # msgpack carries 64-bit integers; JSON numbers can be larger
+            raise BadRequest("a number in the request is out of range") from None
+        await self._sock.send(frame)
 
     def _open(self) -> tuple[int, asyncio.Queue[p.Message]]:
         rid = next(self._request_ids)

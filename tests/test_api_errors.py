@@ -101,3 +101,22 @@ def test_loopback_server_refuses_foreign_host_headers(corral_server: LiveServer)
         assert rebound.status_code == 403 and "DNS-rebinding" in rebound.json()["error"]
     local = httpx.get(corral_server.url + "/", headers={"Host": "localhost:11434"})
     assert local.status_code == 200
+
+
+def test_what_the_long_fuzz_run_found_is_a_400(corral_server: LiveServer) -> None:
+    """Two 500s schemathesis found: an integer past 64 bits anywhere in a chat (the runner's
+    wire format carries 64-bit integers), and a /v1 tool call id that is not a string."""
+    call = {"function": {"name": "f", "index": -38629767628575119194980352, "arguments": {}}}
+    reply = httpx.post(corral_server.url + "/api/chat", timeout=120, json={
+        "model": MODEL, "stream": False, "options": {"num_predict": 2},
+        "messages": [{"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "user", "content": "Hi"}]})
+    assert reply.status_code == 400, reply.text
+    assert reply.json() == {"error": "a number in the request is out of range"}
+    reply = httpx.post(corral_server.url + "/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "max_tokens": 2, "messages": [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": [None], "type": "function", "function": {"name": "f", "arguments": ""}}]},
+            {"role": "user", "content": "Hi"}]})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["message"] == "tool call id must be a string"

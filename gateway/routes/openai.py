@@ -201,6 +201,8 @@ def _native_calls(raw: Any) -> list[dict[str, Any]]:
             except ValueError:
                 raise BadRequest(f"tool call arguments of {fn['name']!r} are not valid JSON"
                                  ) from None
+        if not isinstance(call.get("id", ""), str):
+            raise BadRequest("tool call id must be a string")
         calls.append({"id": call.get("id"), "function": {"index": index, "name": fn["name"],
                                                          "arguments": arguments}})
     return calls
