@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from runner import worker as real
+from runner.promptcache import Stats
 from shared import protocol as p
 
 WORDS = [" the", " river", " town", " grew", " along", " water", ",", " and", " a", " mill",
@@ -32,14 +33,6 @@ class _Seq:
     limit: int
     started_ns: int = field(default_factory=time.perf_counter_ns)
     count: int = 0
-
-
-@dataclass
-class _CacheStats:
-    entries: int = 0
-    bytes: int = 0
-    hits: int = 0
-    misses: int = 0
 
 
 class StandinEngine:
@@ -58,8 +51,8 @@ class StandinEngine:
         self.prompt_cache = self
         self._next = 0.0
 
-    def stats(self) -> _CacheStats:
-        return _CacheStats()
+    def stats(self) -> Stats:
+        return Stats(0, 0, 0, 0)  # no prompt cache
 
     def kv_bytes(self) -> int:
         return 0
