@@ -25,7 +25,7 @@ from gateway.routes import models, oci, ollama, openai, transfer
 from gateway.team.keys import KeyRing
 from gateway.team.middleware import Team, TeamMiddleware
 from registry.store import Store
-from runner.pool import RunnerPool
+from runner.supervisor.pool import RunnerPool
 from shared.config import Settings
 from shared.errors import CorralError
 

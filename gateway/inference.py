@@ -31,11 +31,11 @@ from gateway.thinking import (
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from registry import gotemplate
 from registry.store import LocalModel, Store
-from runner.pool import LoadedRunner, RunnerPool
-from runner.prompt import render_jinja
+from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
 from shared.config import Settings, keep_alive_seconds
 from shared.errors import BadRequest, CorralError, Forbidden
+from shared.prompt import render_jinja
 
 Message = dict[str, Any]
 

@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runner.pool import RunnerPool
+from runner.supervisor.pool import RunnerPool
 
 # No `*_created` series beside every counter and histogram: they double the scrape for a figure
 # (when a series began) that nobody here reads.
@@ -109,7 +109,7 @@ class ModelState:
     kv_total: int = 0
     runners: int = 0
     resident: int = 0
-    cache_bytes: int = 0  # the runners' prompt caches (runner/promptcache.py)
+    cache_bytes: int = 0  # the runners' prompt caches (runner/process/promptcache.py)
     cache_hits: int = 0
 
 

@@ -21,8 +21,8 @@ from typing import Any
 from gateway.tools import partial_suffix
 from registry import gotemplate
 from registry.store import LocalModel
-from runner.prompt import render_jinja
 from shared.errors import BadRequest
+from shared.prompt import render_jinja
 
 Message = dict[str, Any]
 ThinkValue = bool | str | None  # what `think` says: off/on, a level, or not set

@@ -21,8 +21,8 @@ from typing import Any
 
 from registry import gotemplate
 from registry.store import LocalModel
-from runner.prompt import render_jinja
 from shared.errors import BadRequest
+from shared.prompt import render_jinja
 
 Message = dict[str, Any]
 Tool = dict[str, Any]
@@ -196,7 +196,7 @@ def forced_call_grammar(fmt: CallFormat, tools: list[Tool], choice: str, *,
                         parallel: bool) -> str:
     """GBNF that makes the reply a call ("required": of any tool; else of the named one), with
     the arguments following the tool's parameter schema."""
-    from runner.grammar import tool_call_grammar  # loads llama.cpp: only when a call is forced
+    from shared.grammar import tool_call_grammar  # loads llama.cpp: only when a call is forced
 
     schemas = []
     for tool in tools:

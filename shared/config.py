@@ -207,7 +207,8 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     access_log: str = ""
     fair_share: bool = True
-    # The prompt cache beyond the slots (runner/promptcache.py): CORRAL_PROMPT_CACHE bytes of
+    # The prompt cache beyond the slots (runner/process/promptcache.py): CORRAL_PROMPT_CACHE bytes
+    # of
     # host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
     # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the
     # store) and CORRAL_PROMPT_CACHE_DISK bytes per model (0 = off).

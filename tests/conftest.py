@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from runner.inventory import read_inventory
+from runner.supervisor.inventory import read_inventory
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ class LiveServer:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [c.pid for c in children if "runner.worker" in " ".join(c.cmdline())]
+        return [c.pid for c in children if "runner.process.worker" in " ".join(c.cmdline())]
 
     def ps(self, model: str) -> dict[str, Any] | None:
         """The model's /api/ps entry, or None when it is not loaded."""

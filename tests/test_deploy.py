@@ -26,8 +26,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from runner import devicemem
-from runner.inventory import runner_gpu_memory
+from runner.process import devicemem
+from runner.supervisor.inventory import runner_gpu_memory
 from shared import protocol as p
 from tests.conftest import ROOT, LiveServer, free_port
 from tests.test_placement import FakeNVML
@@ -392,7 +392,7 @@ def test_capture_sees_real_llama_cpp_buffers_and_reports_none_on_the_cpu(
     compute buffers, all in system memory."""
     from registry.bundled import import_bundled_model
     from registry.store import Store
-    from runner.engine import Engine
+    from runner.process.engine import Engine
 
     store = Store(models_dir)
     import_bundled_model(store)
@@ -435,7 +435,7 @@ async def test_pool_reports_gpu_memory_of_runners_inside_a_container(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """/api/ps's `corral.measured.vram` comes from RunnerPool.measured_vram: with NVML listing
     only host PIDs (the container case), each runner reads what its llama.cpp allocated, not 0."""
-    from runner.pool import RunnerPool
+    from runner.supervisor.pool import RunnerPool
     from shared.config import Settings
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNVML([HOST_PIDS]))

@@ -19,8 +19,8 @@ GREEDY = {"temperature": 0, "num_predict": 16}
 
 
 @pytest.fixture(scope="module")
-def engine(model_path: str):  # noqa: ANN201 - runner.engine.Engine
-    from runner.engine import Engine
+def engine(model_path: str):  # noqa: ANN201 - runner.process.engine.Engine
+    from runner.process.engine import Engine
 
     engine = Engine(p.Load(model_path, num_ctx=1024, parallel=4))
     yield engine
@@ -221,7 +221,7 @@ def test_chat_truncation_keeps_system_and_newest(engine) -> None:  # noqa: ANN00
 
 
 def test_context_full_shifts_or_stops(model_path: str) -> None:
-    from runner.engine import Engine
+    from runner.process.engine import Engine
 
     small = Engine(p.Load(model_path, num_ctx=64, parallel=1))  # llama.cpp rounds up to 256
     try:

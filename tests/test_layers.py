@@ -1,5 +1,8 @@
 """The lower layers never import the gateway: shared/ and registry/ serve the gateway, the CLI and
-the runner alike (the registry once took its option table from gateway/options.py)."""
+the runner alike (the registry once took its option table from gateway/options.py). And the tree
+shows the processes: code that runs inside a runner process (runner/process/) and code that
+manages runners from outside (runner/supervisor/) never import each other, and the HTTP side
+never reaches into the runner process's code."""
 
 from __future__ import annotations
 
@@ -27,3 +30,20 @@ def test_lower_layers_do_not_import_the_gateway(layer: str) -> None:
                                                      if n.split(".")[0] == "gateway")
                  for path in sorted((ROOT / layer).rglob("*.py"))}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {str(path.relative_to(ROOT)): sorted(n for n in _imports(path)
+                                                 if n.startswith(forbidden))
+             for path in sorted((ROOT / folder).rglob("*.py"))}
+    return {k: v for k, v in found.items() if v}
+
+
+@pytest.mark.parametrize(("folder", "forbidden"), [
+    ("runner/process", ("runner.supervisor", "gateway")),
+    ("runner/supervisor", ("runner.process", "gateway")),
+    ("gateway", ("runner.process",)),
+    ("shared", ("runner", "registry", "gateway")),
+])
+def test_each_process_keeps_to_its_own_code(folder: str, forbidden: tuple[str, ...]) -> None:
+    assert _offenders(folder, forbidden) == {}

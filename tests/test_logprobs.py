@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runner.engine import _drop_swallowed
-from runner.sampling import token_logprobs
-from runner.textstream import TextStream
+from runner.process.engine import _drop_swallowed
+from runner.process.sampling import token_logprobs
+from runner.process.textstream import TextStream
 from shared.protocol import MAX_TOP_LOGPROBS
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.estimate import Estimate
-from runner.inventory import (
+from runner.supervisor.estimate import Estimate
+from runner.supervisor.inventory import (
     GPU,
     Inventory,
     _visible,
@@ -18,7 +18,7 @@ from runner.inventory import (
     parse_size,
     simulated_inventory,
 )
-from runner.placement import (
+from runner.supervisor.placement import (
     GPU_RESERVE,
     REPLICA_SETTLE,
     InsufficientMemory,

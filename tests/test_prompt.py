@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.prompt import render_messages
 from shared.errors import BadRequest
+from shared.prompt import render_messages
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

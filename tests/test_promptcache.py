@@ -1,4 +1,5 @@
-"""The prompt cache beyond the slots: the store itself (runner/promptcache.py), and the engine
+"""The prompt cache beyond the slots: the store itself (runner/process/promptcache.py), and the
+engine
 restoring a saved conversation into a slot with the same text as if its slot had kept it."""
 
 from __future__ import annotations
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import promptdisk
-from runner.promptcache import PromptCache, State
+from runner.process import promptdisk
+from runner.process.promptcache import PromptCache, State
 from shared import protocol as p
 
 
@@ -123,8 +124,8 @@ _ids = iter(range(1, 10**9))
 
 
 @pytest.fixture(scope="module")
-def engine(model_path: str):  # noqa: ANN201 - runner.engine.Engine
-    from runner.engine import Engine
+def engine(model_path: str):  # noqa: ANN201 - runner.process.engine.Engine
+    from runner.process.engine import Engine
 
     engine = Engine(p.Load(model_path, num_ctx=1024, parallel=2, prompt_cache=64 * 2**20))
     yield engine
@@ -194,7 +195,7 @@ def test_a_restored_conversation_writes_what_its_kept_slot_would(engine, options
 def test_a_broken_restore_is_caught(engine, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """The check above fails when the restore is broken on purpose (the state never reaches the
     slot, whose cache still holds another conversation)."""
-    import runner.engine as engine_module
+    import runner.process.engine as engine_module
 
     forget(engine)
     kept, _ = second_turn(engine, evict=False)
@@ -219,7 +220,7 @@ def test_without_the_cache_the_turn_is_read_again(engine) -> None:  # noqa: ANN0
 
 def test_a_reload_restores_the_conversations_saved_at_unload(model_path: str,
                                                              tmp_path: Path) -> None:
-    from runner.engine import Engine
+    from runner.process.engine import Engine
 
     load = p.Load(model_path, num_ctx=1024, parallel=2, prompt_cache=64 * 2**20,
                   prompt_cache_dir=str(tmp_path), prompt_cache_disk=2**30)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.client import RunnerProcess
+from runner.supervisor.client import RunnerProcess
 from shared import protocol as p
 from shared.errors import CorralError, RunnerError
 
@@ -65,7 +65,7 @@ async def test_bad_model_file_fails_to_load(tmp_path: Path) -> None:
 
 
 async def test_pool_runtime_dir_is_private() -> None:
-    from runner.pool import RunnerPool
+    from runner.supervisor.pool import RunnerPool
     from shared.config import Settings
 
     pool = RunnerPool(Settings.from_env({}))

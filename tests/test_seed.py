@@ -1,10 +1,11 @@
-"""The layout a seeded prompt is read in (runner/engine.py): chunks aligned to positions, the last
+"""The layout a seeded prompt is read in (runner/process/engine.py): chunks aligned to positions,
+the last
 token alone, and reuse of a cache only as far as it was read that way. The e2e check that a seed
 reproduces its text is `test_api_openai.py::test_a_seed_reproduces_its_text_streamed_or_not`."""
 
 from __future__ import annotations
 
-from runner.engine import SEEDED_CHUNK, seeded_chunk, seeded_keep
+from runner.process.engine import SEEDED_CHUNK, seeded_chunk, seeded_keep
 
 C = SEEDED_CHUNK
 

@@ -1,5 +1,6 @@
 """Sliding-window caches (`swa_full = false`) with prefix reuse kept: a cut further back than the
-window a slot's cache still holds takes a checkpoint of its sliding-window state (runner/engine.py),
+window a slot's cache still holds takes a checkpoint of its sliding-window state
+(runner/process/engine.py),
 from the slot or from the prompt cache, and writes what a cold read writes (greedy); where no
 checkpoint reaches, the prompt is read again from the start."""
 
@@ -22,8 +23,8 @@ Y = "\n\nQuestion: what did the mill pay on line 12?"
 
 
 @pytest.fixture(scope="module")
-def engine(model_path: str):  # noqa: ANN201 - runner.engine.Engine
-    from runner.engine import Engine
+def engine(model_path: str):  # noqa: ANN201 - runner.process.engine.Engine
+    from runner.process.engine import Engine
 
     engine = Engine(p.Load(model_path, num_ctx=2048, parallel=2, num_batch=256,
                            prompt_cache=256 * 2**20))
@@ -115,7 +116,7 @@ def test_a_cut_beyond_the_window_takes_a_checkpoint_and_writes_what_a_cold_read_
 
 
 def test_checkpoints_per_slot_are_bounded(engine) -> None:  # noqa: ANN001
-    from runner.engine import SLOT_CHECKPOINTS
+    from runner.process.engine import SLOT_CHECKPOINTS
 
     forget(engine)
     prompt = A

@@ -17,7 +17,7 @@ import pytest
 
 from registry.manifest import MEDIA_PARAMS, Manifest
 from registry.store import Store
-from runner.inventory import cpu_cores
+from runner.supervisor.inventory import cpu_cores
 from tests.conftest import ROOT, LiveServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +122,8 @@ def test_ps_shows_placement(corral_server: LiveServer) -> None:
     if not corral_server.real_gpus():  # a CPU machine: nothing planned on or measured in VRAM
         assert extra["gpus"] == [] and extra["gpu_layers"] == 0 and entry["size_vram"] == 0
         assert [r["device"] for r in extra["runners"]] == ["cpu"]
-        # The estimate of what a CPU runner holds, against what it holds (runner/estimate.py;
+        # The estimate of what a CPU runner holds, against what it holds
+        # (runner/supervisor/estimate.py;
         # tests/test_estimate.py holds it within 15% over several settings).
         # The prompt cache beyond the slots is bounded and reported on its own.
         held = measured["rss"] - extra["prompt_cache"]["bytes"]

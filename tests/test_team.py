@@ -16,7 +16,7 @@ from gateway.team.keys import ApiKey, KeyRing, KeysFile, KeysFileError, hash_sec
 from gateway.team.ledger import Admission, Ledger, Limits, Window, ledger_path
 from gateway.team.middleware import go_duration, ratelimit_headers
 from registry.names import ModelName
-from runner.fairqueue import FairQueue
+from runner.process.fairqueue import FairQueue
 
 # --- the keys file ---------------------------------------------------------------------------
 

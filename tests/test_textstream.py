@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.textstream import TextStream
+from runner.process.textstream import TextStream
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> tuple[str, bool]:

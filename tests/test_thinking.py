@@ -24,9 +24,9 @@ from gateway.thinking import (
 )
 from gateway.tools import CallFormat, CallParser
 from registry import gotemplate
-from runner.prompt import render_jinja
 from shared import protocol as p
 from shared.errors import BadRequest
+from shared.prompt import render_jinja
 from tests.test_tools import WEATHER
 
 THINK = Markers("<think>", "</think>")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.wholereply import WholeReplies
+from runner.process.wholereply import WholeReplies
 from shared import protocol as p
 
 

@@ -18,9 +18,9 @@ from rich.table import Table
 from gateway.cli.client import Client, CLIError
 from gateway.options import DEFAULT_NUM_CTX
 from registry.store import Store
-from runner.estimate import shape_from_gguf
-from runner.inventory import read_inventory
-from runner.placement import Resident, plan_model
+from runner.supervisor.estimate import shape_from_gguf
+from runner.supervisor.inventory import read_inventory
+from runner.supervisor.placement import Resident, plan_model
 from shared.config import Settings
 from shared.errors import CorralError
 

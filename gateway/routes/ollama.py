@@ -392,7 +392,7 @@ async def ps(request: Request) -> Response:
                 },
                 "keep_alive": None if math.isinf(first.keep_alive) else first.keep_alive,
                 # Prompt states kept beyond the slots, summed over replicas, as of the last
-                # health check (runner/promptcache.py).
+                # health check (runner/process/promptcache.py).
                 "prompt_cache": _prompt_cache(group),
             },
         })

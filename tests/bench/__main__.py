@@ -75,7 +75,7 @@ def llama_cpp_in_process(model_path: str, tokens: int, safe_cpu: bool = False
 
 def corral_engine(model_path: str, tokens: int, safe_cpu: bool = False
                   ) -> Callable[[], Iterator[float]]:
-    from runner.engine import Engine
+    from runner.process.engine import Engine
     from shared import protocol as p
 
     engine = Engine(p.Load(model_path, num_ctx=4096, safe_cpu=safe_cpu))

@@ -66,7 +66,7 @@ def start_gateway(models: Path, log: Path, step_ms: float) -> LiveServer:
 def _serve() -> int:
     """The gateway process: `corral serve` whose runners are the stand-in."""
     from gateway.cli import main
-    from runner.client import RunnerProcess
+    from runner.supervisor.client import RunnerProcess
 
     RunnerProcess.module = "tests.bench.standin_runner"
     return main(["serve"])

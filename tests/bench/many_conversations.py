@@ -21,7 +21,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from runner.engine import Engine
+from runner.process.engine import Engine
 from shared import protocol as p
 from tests.bench._model import bundled_model_path
 

@@ -23,7 +23,7 @@ import llama_cpp
 from rich.console import Console
 from rich.table import Table
 
-from runner.engine import MIN_RESTORE_TOKENS, RESTORE_SPAN, Engine
+from runner.process.engine import MIN_RESTORE_TOKENS, RESTORE_SPAN, Engine
 from shared import protocol as p
 from tests.bench._model import bundled_model_path
 

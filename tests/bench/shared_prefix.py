@@ -19,8 +19,8 @@ import llama_cpp
 from rich.console import Console
 from rich.table import Table
 
-import runner.engine as engine_module
-from runner.engine import Engine
+import runner.process.engine as engine_module
+from runner.process.engine import Engine
 from shared import protocol as p
 from tests.bench._model import bundled_model_path
 

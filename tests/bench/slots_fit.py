@@ -21,9 +21,16 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
-from runner.estimate import Estimate, ModelShape, estimate, shape_from_gguf, swa_layers
-from runner.inventory import GPU, Inventory
-from runner.placement import MAX_PARALLEL, Resident, choose_parallel, plan_load, with_residents
+from runner.kvlayout import swa_layers
+from runner.supervisor.estimate import Estimate, ModelShape, estimate, shape_from_gguf
+from runner.supervisor.inventory import GPU, Inventory
+from runner.supervisor.placement import (
+    MAX_PARALLEL,
+    Resident,
+    choose_parallel,
+    plan_load,
+    with_residents,
+)
 
 GiB = 1024**3
 

@@ -2,7 +2,8 @@
 
     python -m tests.bench.standin_runner --socket ipc://...
 
-It is `runner.worker.Worker` with the engine and intake replaced by a token source: every step
+It is `runner.process.worker.Worker` with the engine and intake replaced by a token source: every
+step
 each generating sequence gets one token (a short word), as a runner with a slot for every stream
 would produce them, as fast as the loop turns or every `CORRAL_STANDIN_STEP_MS` milliseconds.
 What the gateway receives is therefore exactly what a real runner sends (the same messages,
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from runner import worker as real
-from runner.promptcache import Stats
+from runner.process import worker as real
+from runner.process.promptcache import Stats
 from shared import protocol as p
 
 WORDS = [" the", " river", " town", " grew", " along", " water", ",", " and", " a", " mill",

@@ -15,8 +15,8 @@ import llama_cpp
 from rich.console import Console
 from rich.table import Table
 
-import runner.engine as engine_module
-from runner.engine import Engine
+import runner.process.engine as engine_module
+from runner.process.engine import Engine
 from shared import protocol as p
 from tests.bench.__main__ import PROMPT
 from tests.bench._model import bundled_model_path
@@ -45,7 +45,7 @@ def profile(engine: Engine, streams: int, tokens: int = 96) -> tuple[float, floa
             or engine.queue:
         engine.step()  # read the prompts first: only decode steps are measured
     engine_module.llama_cpp.llama_decode = decode
-    sampler_module = __import__("runner.sampling", fromlist=["llama_cpp"])
+    sampler_module = __import__("runner.process.sampling", fromlist=["llama_cpp"])
     sampler_module.llama_cpp.llama_sampler_sample = sample
     steps, started = 0, time.perf_counter()
     try:

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from registry.bundled import import_bundled_model
 from registry.store import Store
-from runner.inventory import cpu_cores
+from runner.supervisor.inventory import cpu_cores
 from tests.bench.__main__ import PROMPT, measure
 from tests.conftest import start_server
 from tests.test_supervisor import make_variant

@@ -1,8 +1,8 @@
 """A runner process: one loaded model, serving the gateway over a ZeroMQ ROUTER socket.
 
-Started by the gateway as `python -m runner.worker --socket ipc://...`. It binds, waits for `Load`,
-loads the model, answers `Ready`, then runs a busy loop: drain every waiting message without
-blocking, run one engine step if there is work, send what the step produced. An idle runner
+Started by the gateway as `python -m runner.process.worker --socket ipc://...`. It binds, waits for
+`Load`, loads the model, answers `Ready`, then runs a busy loop: drain every waiting message
+without blocking, run one engine step if there is work, send what the step produced. An idle runner
 blocks in poll instead of spinning. It exits on `Shutdown`, on SIGTERM, or when its parent dies.
 """
 
@@ -17,10 +17,10 @@ import sys
 
 import zmq
 
-from runner import devicemem
-from runner.engine import Engine, LoadError
-from runner.intake import Intake
-from runner.wholereply import WholeReplies
+from runner.process import devicemem
+from runner.process.engine import Engine, LoadError
+from runner.process.intake import Intake
+from runner.process.wholereply import WholeReplies
 from shared import protocol as p
 from shared.errors import CorralError
 

@@ -84,7 +84,7 @@ class RunnerProcess:
     _ids = itertools.count(1)
     # The program a runner runs. Only the gateway ceiling benchmark changes it, to a stand-in that
     # speaks the same protocol without a model (tests/bench/standin_runner.py).
-    module = "runner.worker"
+    module = "runner.process.worker"
 
     def __init__(self, name: str, load: p.Load, runtime_dir: Path, *, debug: bool = False) -> None:
         self.name = name

@@ -28,7 +28,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from runner.engine import Engine
+from runner.process.engine import Engine
 from shared import protocol as p
 from shared.errors import CorralError
 

@@ -6,7 +6,8 @@ model's replicas, the one with the fewest requests active and queued. When a run
 ends its keep-alive timer starts, and when it fires that runner is stopped; replicas come and go
 one by one, and unloading a model stops all of them.
 
-Loading a model asks the supervisor's pure decisions (runner/placement.py) over a fresh inventory:
+Loading a model asks the supervisor's pure decisions (runner/supervisor/placement.py) over a fresh
+inventory:
 where it goes, how many slots it gets, and which idle runners must go first; busy runners are never
 evicted, the load waits for one to finish instead. Requests to loaded models never wait behind a
 load. A runner that died or stops answering health checks is dropped, and the next request starts
@@ -35,11 +36,11 @@ from typing import Any
 
 import psutil
 
-from runner.client import RunnerProcess
 from runner.cpusafety import crash_signal, describe_crash
-from runner.estimate import Estimate, shape_from_gguf
-from runner.inventory import Inventory, cpu_cores, read_inventory, runner_gpu_memory
-from runner.placement import (
+from runner.supervisor.client import RunnerProcess
+from runner.supervisor.estimate import Estimate, shape_from_gguf
+from runner.supervisor.inventory import Inventory, cpu_cores, read_inventory, runner_gpu_memory
+from runner.supervisor.placement import (
     REPLICA_SETTLE,
     ModelPlan,
     Placement,

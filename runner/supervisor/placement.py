@@ -21,8 +21,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from runner.estimate import Estimate, ModelShape, estimate
-from runner.inventory import GPU, Inventory
+from runner.supervisor.estimate import Estimate, ModelShape, estimate
+from runner.supervisor.inventory import GPU, Inventory
 from shared.errors import CorralError
 
 GPU_RESERVE = 457 * 1024**2  # what a CUDA context and driver keep per GPU (Ollama's figure)
@@ -85,7 +85,7 @@ def place(estimate: Estimate, inventory: Inventory, *, num_gpu: int = -1,
           main_gpu: int | None = None, overhead: int = 0) -> Placement:
     """Decide where one model runs. `num_gpu` caps the offloaded layers (-1 = automatic)."""
     n_layers = len(estimate.layer_bytes)
-    # On the CPU a runner holds less than llama.cpp allocates (runner/estimate.py).
+    # On the CPU a runner holds less than llama.cpp allocates (runner/supervisor/estimate.py).
     cpu = Placement((), 0, n_layers, None, {}, estimate.host_total)
     gpus = list(inventory.gpus)
     if num_gpu == 0 or not gpus:

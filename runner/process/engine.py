@@ -5,7 +5,7 @@ of every generating sequence, then fills what room is left with chunks of prompt
 read (small chunks while others are generating, so a long prompt never freezes their streams),
 decodes it, and samples each sequence's next token with its own sampler chain; the heavy work is
 all in C. Requests beyond the free slots wait in a queue whose free slots go round-robin
-across API keys (runner/fairqueue.py).
+across API keys (runner/process/fairqueue.py).
 
 Each slot remembers the tokens its KV cache holds. A new request takes the free slot sharing the
 longest prefix with its prompt and evaluates only the rest; a finished or cancelled sequence frees
@@ -34,23 +34,22 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from runner import longtext, promptdisk
 from runner.cpusafety import cpu_config, inject_fault
-from runner.embedding import Embedder
-from runner.estimate import KV_PAD, swa_layers
-from runner.fairqueue import FairQueue
-from runner.grammar import grammar_for
-from runner.prompt import render_messages
-from runner.promptcache import Entry, PromptCache, State, common_prefix
-from runner.sampling import Sampler, token_logprobs, uses_penalties
-from runner.textstream import TextStream
+from runner.kvlayout import KV_BYTES_PER_ELEMENT, swa_cells, swa_layers
+from runner.process import longtext, promptdisk
+from runner.process.embedding import Embedder
+from runner.process.fairqueue import FairQueue
+from runner.process.promptcache import Entry, PromptCache, State, common_prefix
+from runner.process.sampling import Sampler, token_logprobs, uses_penalties
+from runner.process.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
+from shared.grammar import grammar_for
+from shared.prompt import render_messages
 
 log = logging.getLogger("corral.runner")
 
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
-_KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 PREFILL_CHUNK_WHILE_DECODING = 128  # prompt tokens per step while other slots stream (at most)
 # ... and fewer when the machine is slow or busy: a step that reads prompt tokens beside streams
 # should take about this long, so that no stream waits long for its next token.
@@ -58,7 +57,8 @@ MIXED_STEP_S = 0.2
 MIN_PREFILL_CHUNK = 16
 MIN_COPY_TOKENS = 32  # a shared prefix worth copying another slot's cache for
 SEEDED_CHUNK = 64  # a seeded prompt is read in chunks aligned to this many positions
-# Restoring a saved prompt state (runner/promptcache.py) copies the whole state, reading a token
+# Restoring a saved prompt state (runner/process/promptcache.py) copies the whole state, reading a
+# token
 # costs a forward pass: a restore pays when it saves at least this many tokens, and its state
 # spans at most RESTORE_SPAN times the positions it saves (a memcpy per position is hundreds of
 # times cheaper than a forward pass per token, even for this tiny model on a fast CPU).
@@ -308,27 +308,27 @@ class Engine:
     def kv_bytes(self) -> int:
         """KV cache size from the model shape: kv heads x (k + v) per cell, num_ctx cells per
         slot on full-attention layers, the window plus a micro-batch (rounded up to 256) on
-        sliding-window ones (runner/estimate.py sizes it the same way)."""
+        sliding-window ones (runner/supervisor/estimate.py sizes it the same way)."""
         n_layer = llama_cpp.llama_model_n_layer(self.model)
         n_head = max(1, llama_cpp.llama_model_n_head(self.model))
         n_head_kv = llama_cpp.llama_model_n_head_kv(self.model) or n_head
         arch = self.architecture
         key_len = int(self.meta(f"{arch}.attention.key_length") or self.n_embd // n_head)
         value_len = int(self.meta(f"{arch}.attention.value_length") or key_len)
-        per_cell = n_head_kv * (key_len + value_len) * _KV_BYTES_PER_ELEMENT.get(
+        per_cell = n_head_kv * (key_len + value_len) * KV_BYTES_PER_ELEMENT.get(
             self.kv_cache_type, 2.0)
         pattern = self.meta(f"{arch}.attention.sliding_window_pattern")
         window = [False] * n_layer
         if self.n_swa:
             window = list(swa_layers(arch, n_layer, int(pattern) if pattern and
                                      pattern.isdigit() else None))
-        swa_cells = min(self.n_ctx, -(-(self.n_swa + self.n_ubatch) // KV_PAD) * KV_PAD)
-        cells = sum(swa_cells if w else self.n_ctx for w in window)
+        window_cells = swa_cells(self.n_ctx, self.n_swa, self.n_ubatch)
+        cells = sum(window_cells if w else self.n_ctx for w in window)
         return int(cells * per_cell * self.parallel)
 
     def _open_disk_cache(self, load: p.Load, n_ubatch: int) -> None:
         """Load what an earlier runner of this model under these settings saved at its unload
-        (runner/promptdisk.py). The settings are what a KV state depends on."""
+        (runner/process/promptdisk.py). The settings are what a KV state depends on."""
         settings = {
             "model": Path(load.model_path).name, "adapters": [Path(a).name for a in load.adapters],
             "kv_cache_type": self.kv_cache_type, "flash_attention": load.flash_attention,
@@ -370,7 +370,7 @@ class Engine:
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special,
                                          True)
         # numpy converts millions of ids several times faster than slicing the ctypes array,
-        # and this runs while the decode loop waits for the GIL (runner/intake.py).
+        # and this runs while the decode loop waits for the GIL (runner/process/intake.py).
         return np.frombuffer(buf, dtype=np.int32, count=n).tolist()
 
     def piece(self, token: int) -> bytes:
@@ -403,7 +403,7 @@ class Engine:
 
     def _tokens(self, text: str, request: p.Generate, *, may_cut: bool = True) -> list[int]:
         """The text's tokens; of a text far longer than the context that is cut anyway, only
-        those the cut keeps, read off its two ends (runner/longtext.py)."""
+        those the cut keeps, read off its two ends (runner/process/longtext.py)."""
         if may_cut and request.truncate and not request.context and \
                 longtext.is_long(text, self.n_ctx):
             num_keep, keep_tail = self._cut(int(request.options.get("num_keep", 4)))
@@ -683,7 +683,8 @@ class Engine:
 
     def _share(self, slot: Slot, prompt: list[int]) -> int:
         """The longest start of `prompt` that `slot` serves: what it holds of it, as far back as
-        its sliding-window cache or a checkpoint of it reaches (runner/promptcache.py's rule)."""
+        its sliding-window cache or a checkpoint of it reaches (runner/process/promptcache.py's
+        rule)."""
         n = common_prefix(slot.tokens, prompt)
         if not self.n_swa or n >= len(slot.tokens):
             return n

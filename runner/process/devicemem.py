@@ -8,7 +8,8 @@ a GPU in `Ready.device_bytes`.
 
 Why: the gateway measures each runner's GPU memory through NVML by process id, but inside a
 container NVML lists host PIDs, which never match the runner's PID there; this report is what the
-pool falls back to (runner/inventory.py `runner_gpu_memory`). It covers llama.cpp's own buffers,
+pool falls back to (runner/supervisor/inventory.py `runner_gpu_memory`). It covers llama.cpp's own
+buffers,
 not the CUDA context (a few hundred MiB per process) that NVML would also count.
 """
 
@@ -25,7 +26,8 @@ from typing import Any
 _LINE = re.compile(
     r"(?P<buffer>[A-Za-z][\w.-]*)\s+(?P<kind>model|KV|compute|output|LoRA|RS)\s+buffer size"
     r"\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB")
-# Kinds as corral's estimate names them (runner/estimate.py), for /api/ps and `corral plan`.
+# Kinds as corral's estimate names them (runner/supervisor/estimate.py), for /api/ps and `corral
+# plan`.
 _KINDS = {"model": "weights", "LoRA": "weights", "KV": "kv", "RS": "kv", "compute": "compute",
           "output": "output"}
 _MIB = 1024 * 1024

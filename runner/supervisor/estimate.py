@@ -6,7 +6,7 @@ one micro-batch, rounded up to 256) per slot on sliding-window layers, as llama.
 with `swa_full = false`; and llama.cpp's compute buffer, which it sizes by the worst graph: the
 logits of a whole micro-batch (vocabulary x ubatch x 4 bytes) for large vocabularies, else the
 feed-forward activations. Fitted to the "buffer size" lines llama.cpp 0.3.36 logs at load
-(runner/devicemem.py) over num_ctx, slots and ubatch (tests/test_estimate.py).
+(runner/process/devicemem.py) over num_ctx, slots and ubatch (tests/test_estimate.py).
 
 What a GPU holds is those buffers as allocated (`total`). A runner computing on the CPU holds
 less than it allocates: llama.cpp reserves its compute buffer for a micro-batch of logits but
@@ -23,18 +23,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from runner.kvlayout import KV_BYTES_PER_ELEMENT, swa_cells, swa_layers
+
 if TYPE_CHECKING:  # the runner imports this module for kv_bytes: no GGUF parser there
     from registry.gguf_info import GGUFInfo
 
-KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 _LAYER = re.compile(r"^blk\.(\d+)\.")
-KV_PAD = 256  # llama.cpp rounds a sliding-window cache up to this many cells
 RUNNER_BASE = 45 * 1024**2  # a runner process before it loads a model (Python, llama.cpp, numpy)
 VOCAB_BYTES = 352  # llama.cpp's vocabulary tables per token (measured: Gemma 3, 262k tokens)
-# Which layers use the sliding window, by architecture, where the GGUF does not say: llama.cpp
-# sets these patterns in code (every n-th layer is a full-attention one; `set_swa_pattern`).
-SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "gemma-embedding": 6, "cohere2": 4,
-               "gpt-oss": 2, "exaone4": 4}
 
 
 @dataclass(frozen=True)
@@ -139,18 +135,6 @@ def _sliding_window(info: GGUFInfo, n_layers: int) -> tuple[int, tuple[bool, ...
     return (n_swa, layers) if any(layers) else (0, ())
 
 
-def swa_layers(architecture: str, n_layers: int, pattern: object = None) -> tuple[bool, ...]:
-    """Which layers use the sliding window: the GGUF's per-layer list or period, else
-    llama.cpp's pattern for the architecture (none for those it has none for)."""
-    if isinstance(pattern, list) and len(pattern) >= n_layers:
-        return tuple(bool(v) for v in pattern[:n_layers])
-    period = int(pattern) if isinstance(pattern, int) and not isinstance(pattern, bool) \
-        else SWA_PATTERN.get(architecture, 0)
-    if period <= 0:
-        return (False,) * n_layers  # llama.cpp ignores the window for other architectures
-    return tuple(i % period < period - 1 for i in range(n_layers))
-
-
 def _pad(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -159,8 +143,7 @@ def kv_cells(shape: ModelShape, *, num_ctx: int, num_batch: int = 512,
              swa_full: bool = False) -> tuple[int, int]:
     """KV cells per slot on full-attention and on sliding-window layers."""
     ubatch = min(num_batch, num_ctx)
-    swa = num_ctx if swa_full or not shape.n_swa else \
-        min(num_ctx, _pad(shape.n_swa + ubatch, KV_PAD))
+    swa = num_ctx if swa_full or not shape.n_swa else swa_cells(num_ctx, shape.n_swa, ubatch)
     return num_ctx, swa
 
 

@@ -38,7 +38,8 @@ class State:
 
     n_tokens: int
     data: bytes
-    # Positions from 0 that were read in the seeded layout (runner/engine.py, `seeded_keep`):
+    # Positions from 0 that were read in the seeded layout (runner/process/engine.py,
+    # `seeded_keep`):
     # it travels with the state so a seeded request reuses no more than it could from a slot.
     canonical: int = 0
     partial: bool = False  # a checkpoint of the sliding-window layers only

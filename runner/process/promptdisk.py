@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from runner.promptcache import PromptCache, State
+from runner.process.promptcache import PromptCache, State
 
 log = logging.getLogger("corral.runner")
 

@@ -1,0 +1,1 @@
+"""Code that runs inside a runner process: one model, one busy loop (worker.py)."""

@@ -1,0 +1,1 @@
+"""Code that manages runner processes from outside: placement, eviction, memory, the client."""
