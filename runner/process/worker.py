@@ -4,6 +4,10 @@ Started by the gateway as `python -m runner.process.worker --socket ipc://...`. 
 `Load`, loads the model, answers `Ready`, then runs a busy loop: drain every waiting message
 without blocking, run one engine step if there is work, send what the step produced. An idle runner
 blocks in poll instead of spinning. It exits on `Shutdown`, on SIGTERM, or when its parent dies.
+
+Several peers may connect (the supervisor, and each HTTP worker with CORRAL_HTTP_WORKERS): every
+reply goes to the peer that sent the request (runner/process/peers.py), and the requests of a peer
+that has gone away (its process died) are cancelled the first time a reply cannot reach it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import zmq
 from runner.process import devicemem
 from runner.process.engine import Engine, LoadError
 from runner.process.intake import Intake
+from runner.process.peers import Peers
 from runner.process.wholereply import WholeReplies
 from shared import protocol as p
 from shared.errors import CorralError
@@ -44,27 +49,45 @@ class Worker:
         self.zctx = zmq.Context.instance()
         self.sock = self.zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        # A reply to a peer that is gone raises instead of vanishing: its requests are cancelled.
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.bind(endpoint)
-        self.peer: bytes | None = None
+        self.peers = Peers()
         self.engine: Engine | None = None
         self.intake: Intake | None = None  # prepares big requests off the loop
         self.whole = WholeReplies()  # "stream": false replies, sent in one piece at the end
         self.running = True
         self.parent = os.getppid()
 
-    def send(self, message: p.Message) -> None:
-        if self.peer is not None:
-            self.sock.send_multipart([self.peer, p.encode(message)])
+    def send(self, peer: bytes, message: p.Message) -> None:
+        """A direct answer (load, health) to `peer`, with the id it sent."""
+        self._send(peer, p.encode(message))
 
     def send_step(self, messages: list[p.Message]) -> None:
-        """What one step produced, for every sequence, in one frame (whole replies held back
-        until they are done)."""
+        """What one step produced, one frame per peer for all its sequences (whole replies held
+        back until they are done)."""
         messages = self.whole.route(messages)
-        if messages and self.peer is not None:
-            self.sock.send_multipart([self.peer, p.encode_many(messages)])
+        if messages:
+            for peer, mine in self.peers.route(messages).items():
+                self._send(peer, p.encode_many(mine))
 
-    def receive(self, timeout_ms: int) -> list[p.Message]:
-        messages: list[p.Message] = []
+    def _send(self, peer: bytes, frame: bytes) -> None:
+        try:
+            self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
+        except zmq.Again:  # its queue is full (it stopped reading): dropped, as ZeroMQ would
+            log.warning("a peer is not reading; dropped a reply")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.drop_peer(peer)
+
+    def drop_peer(self, peer: bytes) -> None:
+        """The peer has gone: cancel its requests so that their slots serve others."""
+        for inner in self.peers.of_peer(peer):
+            self.cancel(inner)
+
+    def receive(self, timeout_ms: int) -> list[tuple[bytes, p.Message]]:
+        messages: list[tuple[bytes, p.Message]] = []
         if not self.sock.poll(timeout_ms):
             return messages
         while True:
@@ -72,9 +95,8 @@ class Worker:
                 peer, frame = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return messages
-            self.peer = peer
             try:
-                messages.append(p.decode(frame))
+                messages.append((peer, p.decode(frame)))
             except (ValueError, TypeError) as exc:
                 log.error("dropping a malformed message: %s", exc)
 
@@ -83,8 +105,8 @@ class Worker:
             engine, intake = self.engine, self.intake
             busy = engine is not None and engine.busy
             wait = intake.wait_ms(_IDLE_POLL_MS) if intake is not None else _IDLE_POLL_MS
-            for message in self.receive(0 if busy else wait):
-                self.handle(message)
+            for peer, message in self.receive(0 if busy else wait):
+                self.handle(peer, message)
             out: list[p.Message] = []
             if self.engine is not None and self.engine.busy:
                 out = self.engine.step()
@@ -94,11 +116,11 @@ class Worker:
                 out = out + prepared
             self.send_step(out)
 
-    def handle(self, message: p.Message) -> None:
+    def handle(self, peer: bytes, message: p.Message) -> None:
         engine = self.engine
         match message:
             case p.Load():
-                self.load(message)
+                self.load(peer, message)
             case p.Shutdown():
                 self.running = False
             case p.Health(id=rid):
@@ -106,24 +128,31 @@ class Worker:
                 queued = len(engine.queue) if engine else 0
                 queued += self.intake.pending if self.intake else 0
                 cache = engine.prompt_cache.stats() if engine else None
-                self.send(p.HealthReply(
+                self.send(peer, p.HealthReply(
                     rid, active, queued, engine.kv_used if engine else 0,
                     [cache.entries, cache.bytes, cache.hits, cache.misses] if cache else []))
             case p.SetThreads(n_threads=n):
                 if engine is not None:
                     engine.set_threads(n)
             case _ if engine is None:
-                self.send(p.Error(p.request_id(message), "model is not loaded"))
+                self.send(peer, p.Error(p.request_id(message), "model is not loaded"))
             case p.Generate() | p.Embed() | p.Tokenize():
+                message.id = self.peers.admit(peer, message.id)
                 if isinstance(message, p.Generate) and message.whole:
                     self.whole.start(message.id)
                 self.guard(message.id, self.submit, message)
             case p.Cancel(id=rid):
-                self.whole.drop(rid)
-                if self.intake is None or not self.intake.cancel(rid):
-                    engine.cancel(rid)
+                if (inner := self.peers.find(peer, rid)) is not None:
+                    self.cancel(inner)
             case _:
                 log.error("unexpected message %r", message)
+
+    def cancel(self, inner: int) -> None:
+        """Stop a request (by the runner's own id) wherever it is; nothing more is sent for it."""
+        self.peers.forget(inner)
+        self.whole.drop(inner)
+        if self.intake is not None and not self.intake.cancel(inner) and self.engine is not None:
+            self.engine.cancel(inner)
 
     def submit(self, message: p.Generate | p.Embed | p.Tokenize) -> None:
         assert self.intake is not None
@@ -134,23 +163,23 @@ class Worker:
             fn(message)
         except CorralError as exc:
             self.whole.drop(request_id)
-            self.send(p.Error(request_id, exc.message, exc.status))
+            self.send_step([p.Error(request_id, exc.message, exc.status)])
         except Exception as exc:  # the runner must outlive one bad request
             log.exception("request %s failed", request_id)
             self.whole.drop(request_id)
-            self.send(p.Error(request_id, f"runner error: {exc}"))
+            self.send_step([p.Error(request_id, f"runner error: {exc}")])
 
-    def load(self, message: p.Load) -> None:
+    def load(self, peer: bytes, message: p.Load) -> None:
         try:
             with devicemem.capture() as buffers:  # llama.cpp's per-device allocations
                 engine = Engine(message)
         except (LoadError, OSError, ValueError) as exc:
-            self.send(p.Error(0, str(exc)))
+            self.send(peer, p.Error(0, str(exc)))
             self.running = False
             return
         self.engine = engine
         self.intake = Intake(engine)
-        self.send(p.Ready(
+        self.send(peer, p.Ready(
             pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
             parallel=engine.parallel, model_bytes=engine.model_bytes, kv_bytes=engine.kv_bytes(),
             device=engine.device, cpu_config=engine.cpu_config,

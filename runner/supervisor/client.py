@@ -3,6 +3,10 @@
 One asyncio DEALER socket per runner carries every request; a reader task routes each reply to
 the queue of the request with that id. A watcher task awaits the process: if it exits, every
 request in flight gets a clear error at once instead of hanging.
+
+`RunnerConnection` is the talking part alone: an HTTP worker (CORRAL_HTTP_WORKERS >= 2) connects
+one of its own to a runner the supervisor started, so that tokens flow runner -> worker directly;
+`RunnerProcess` adds the process (start, watch, stop) for the supervisor.
 """
 
 from __future__ import annotations
@@ -78,69 +82,50 @@ class _Inbox:
         return items
 
 
-class RunnerProcess:
-    """A runner subprocess and the requests in flight on it."""
+class RunnerConnection:
+    """One DEALER socket to a runner and the requests in flight on it."""
 
-    _ids = itertools.count(1)
-    # The program a runner runs. Only the gateway ceiling benchmark changes it, to a stand-in that
-    # speaks the same protocol without a model (tests/bench/standin_runner.py).
-    module = "runner.process.worker"
-
-    def __init__(self, name: str, load: p.Load, runtime_dir: Path, *, debug: bool = False) -> None:
+    def __init__(self, name: str, endpoint: str) -> None:
         self.name = name
-        self.load = load
-        self.endpoint = f"ipc://{runtime_dir}/runner-{os.getpid()}-{next(self._ids)}.sock"
-        self.debug = debug
-        self.proc: asyncio.subprocess.Process | None = None
+        self.endpoint = endpoint
         self.ready: p.Ready | None = None
         self.last_health: p.HealthReply | None = None  # its latest report (KV cache use, queue)
         self.dead: str | None = None  # why it stopped, once it has
         self._sock: zmq.asyncio.Socket | None = None
         self._pending: dict[int, asyncio.Queue[p.Message] | _Inbox] = {}
-        self._load_reply: asyncio.Future[p.Message] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._request_ids = itertools.count(1)
 
     @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status once the process has ended (negative: the signal that ended it)."""
-        return self.proc.returncode if self.proc else None
-
-    @property
     def alive(self) -> bool:
-        return self.proc is not None and self.dead is None
+        return self._sock is not None and self.dead is None
 
-    async def start(self, timeout: float) -> p.Ready:
-        env = dict(os.environ)
-        env["CORRAL_RUNNER_LOG"] = "DEBUG" if self.debug else "WARNING"
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, "--socket", self.endpoint,
-            stdin=asyncio.subprocess.DEVNULL, env=env,
-        )
+    def connect(self) -> zmq.asyncio.Socket:
+        """Open the socket and start reading replies (it queues until the runner binds)."""
         sock = _context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)  # queues until the runner binds
+        sock.connect(self.endpoint)
         self._sock = sock
-        loop = asyncio.get_running_loop()
-        self._load_reply = loop.create_future()
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
-        await sock.send(p.encode(self.load))
-        try:
-            reply = await asyncio.wait_for(asyncio.shield(self._load_reply), timeout)
-        except TimeoutError:
-            await self.stop()
-            raise RunnerError(
-                f"timed out after {timeout:.0f}s waiting for the model to load") from None
-        if isinstance(reply, p.Error):
-            await self.stop()
-            raise RunnerError(f"failed to load model: {reply.message}")
-        assert isinstance(reply, p.Ready)
-        self.ready = reply
-        return reply
+        self._tasks.append(asyncio.get_running_loop().create_task(self._read()))
+        return sock
+
+    def fail(self, reason: str) -> None:
+        """The runner is gone: every request in flight ends with `reason`."""
+        if self.dead is None:
+            self.dead = reason
+        error = p.Error(0, self.dead)
+        for queue in self._pending.values():
+            queue.put_nowait(error)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _unrouted(self, message: p.Message) -> None:
+        """A reply for no request in flight (one given up on): nothing to do."""
 
     async def _read(self) -> None:
         assert self._sock is not None
@@ -154,20 +139,8 @@ class RunnerProcess:
                 rid = p.request_id(message)
                 if (queue := pending.get(rid)) is not None:
                     queue.put_nowait(message)
-                elif rid == 0 and self._load_reply and not self._load_reply.done():
-                    self._load_reply.set_result(message)
-
-    async def _watch(self) -> None:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        if self.dead is None:
-            self.dead = f"runner process terminated unexpectedly ({exit_reason(code)})"
-            log.warning("%s: %s", self.name, self.dead)
-        error = p.Error(0, self.dead)
-        if self._load_reply and not self._load_reply.done():
-            self._load_reply.set_result(error)
-        for queue in self._pending.values():
-            queue.put_nowait(error)
+                else:
+                    self._unrouted(message)
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -257,6 +230,76 @@ class RunnerProcess:
             self.last_health = reply
         return True
 
+
+
+class RunnerProcess(RunnerConnection):
+    """A runner subprocess and the requests in flight on it."""
+
+    _ids = itertools.count(1)
+    # The program a runner runs. Only the gateway ceiling benchmark changes it, to a stand-in that
+    # speaks the same protocol without a model (tests/bench/standin_runner.py).
+    module = "runner.process.worker"
+
+    def __init__(self, name: str, load: p.Load, runtime_dir: Path, *, debug: bool = False) -> None:
+        super().__init__(
+            name, f"ipc://{runtime_dir}/runner-{os.getpid()}-{next(self._ids)}.sock")
+        self.load = load
+        self.debug = debug
+        self.proc: asyncio.subprocess.Process | None = None
+        self._load_reply: asyncio.Future[p.Message] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended (negative: the signal that ended it)."""
+        return self.proc.returncode if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.dead is None
+
+    async def start(self, timeout: float) -> p.Ready:
+        env = dict(os.environ)
+        env["CORRAL_RUNNER_LOG"] = "DEBUG" if self.debug else "WARNING"
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self.module, "--socket", self.endpoint,
+            stdin=asyncio.subprocess.DEVNULL, env=env,
+        )
+        loop = asyncio.get_running_loop()
+        self._load_reply = loop.create_future()
+        sock = self.connect()  # queues until the runner binds
+        self._tasks.append(loop.create_task(self._watch()))
+        await sock.send(p.encode(self.load))
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(self._load_reply), timeout)
+        except TimeoutError:
+            await self.stop()
+            raise RunnerError(
+                f"timed out after {timeout:.0f}s waiting for the model to load") from None
+        if isinstance(reply, p.Error):
+            await self.stop()
+            raise RunnerError(f"failed to load model: {reply.message}")
+        assert isinstance(reply, p.Ready)
+        self.ready = reply
+        return reply
+
+    def _unrouted(self, message: p.Message) -> None:
+        if p.request_id(message) == 0 and self._load_reply and not self._load_reply.done():
+            self._load_reply.set_result(message)
+
+    async def _watch(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self.dead is None:
+            self.dead = f"runner process terminated unexpectedly ({exit_reason(code)})"
+            log.warning("%s: %s", self.name, self.dead)
+        if self._load_reply and not self._load_reply.done():
+            self._load_reply.set_result(p.Error(0, self.dead))
+        self.fail(self.dead)
+
     async def stop(self) -> None:
         """Ask the runner to exit; kill it if it does not within STOP_TIMEOUT."""
         if self.dead is None:
@@ -271,11 +314,7 @@ class RunnerProcess:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self.close()
         path = self.endpoint.removeprefix("ipc://")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

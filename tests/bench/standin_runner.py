@@ -140,11 +140,11 @@ class StandinWorker(real.Worker):
         zmq.Context.instance().setsockopt(zmq.SNDHWM, 0)
         super().__init__(endpoint)
 
-    def load(self, message: p.Load) -> None:
+    def load(self, peer: bytes, message: p.Load) -> None:
         engine = StandinEngine(message)
         self.engine = engine  # type: ignore[assignment]
         self.intake = StandinIntake(engine)  # type: ignore[assignment]
-        self.send(p.Ready(pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
+        self.send(peer, p.Ready(pid=os.getpid(), n_ctx=engine.n_ctx, n_ctx_train=engine.n_ctx_train,
                           parallel=engine.parallel, model_bytes=0, kv_bytes=0, device="cpu"))
 
 
