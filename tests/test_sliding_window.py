@@ -127,3 +127,21 @@ def test_checkpoints_per_slot_are_bounded(engine) -> None:  # noqa: ANN001
     assert len(slot.checkpoints) == SLOT_CHECKPOINTS
     ends = [c.n_tokens for c in slot.checkpoints]
     assert ends == sorted(ends) and ends[-1] == len(engine.tokenize(prompt))
+
+
+def test_the_checkpoint_waits_until_the_first_token_has_gone_out(engine) -> None:  # noqa: ANN001
+    """Copying the window's share of the cache takes milliseconds: it is taken at the start of
+    the step after the prompt is read, before anything more is written to the slot, not in the
+    step whose output carries the first token."""
+    forget(engine)
+    engine.submit(p.Generate(next(_ids), prompt=A, options=GREEDY))
+    first: list[p.Message] = []
+    while engine.busy and not any(isinstance(m, p.Chunk) for m in first):
+        first = engine.step()
+    slot = holding(engine, A)
+    n_prompt = len(engine.tokenize(A))
+    assert slot.checkpoints == [] and slot.checkpoint_due == n_prompt
+    engine.step()  # writes the first token: the checkpoint is taken before it
+    assert [c.n_tokens for c in slot.checkpoints] == [n_prompt] and slot.checkpoint_due == -1
+    while engine.busy:
+        engine.step()

@@ -115,6 +115,9 @@ class Slot:
     # Sliding-window checkpoints of this cache (partial states, oldest first), for cuts further
     # back than its window reaches.
     checkpoints: list[State] = field(default_factory=list)
+    # A prompt of this many tokens has just been read (-1: none): checkpoint its sliding-window
+    # state at the start of the next step, before anything more is written to the slot.
+    checkpoint_due: int = -1
 
 
 def seeded_keep(common: int, canonical: int, n_prompt: int) -> int:
@@ -513,7 +516,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return bool(self.queue) or any(s.sequence for s in self.slots)
+        return bool(self.queue) or any(s.sequence or s.checkpoint_due >= 0 for s in self.slots)
 
     # --- the decode loop ----------------------------------------------------------------------
 
@@ -625,6 +628,16 @@ class Engine:
         llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
         slot.tokens, slot.canonical, slot.checkpoints = [], 0, []
         return 0
+
+    def _take_due_checkpoints(self) -> None:
+        """Checkpoint the slots whose prompt the last step finished reading. Done here, not in
+        that step, so that the first token goes out first: a checkpoint copies the window's
+        share of the cache (milliseconds), and nothing has been written to the slot since."""
+        for slot in self.slots:
+            if slot.checkpoint_due >= 0:
+                if slot.checkpoint_due == len(slot.tokens):
+                    self._checkpoint(slot)
+                slot.checkpoint_due = -1
 
     def _checkpoint(self, slot: Slot) -> None:
         """Keep the slot's sliding-window state as it is now (a prompt has just been read), the
@@ -750,6 +763,7 @@ class Engine:
 
     def step(self) -> list[p.Message]:
         """Decode one batch for every active sequence; return the messages to send."""
+        self._take_due_checkpoints()
         out = self._admit()
         self._batch_starts = {}
         wants: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
@@ -787,7 +801,8 @@ class Engine:
             return out + self._fail_all(f"llama_decode failed with code {rc}")
         for seq, index in wants:
             if self.n_swa and not seq.generated and len(seq.prompt) >= MIN_RESTORE_TOKENS:
-                self._checkpoint(self.slots[seq.slot])  # its prompt is read: before any reply
+                slot = self.slots[seq.slot]  # its prompt is read: checkpoint before any reply
+                slot.checkpoint_due = len(slot.tokens)
             assert seq.sampler is not None
             token = seq.sampler.sample(self.ctx, index)
             out.extend(self._on_token(seq, token, index))
