@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 
 class AccessLog:
-    def __init__(self, setting: str) -> None:
+    def __init__(self, setting: str, *, pid: bool = False) -> None:
         self.enabled = setting != "off"
+        # With several HTTP processes each line names the one that served it.
+        self._pid = {"pid": os.getpid()} if pid else {}
         # A logger of its own (not from getLogger): several apps in one process (tests) must not
         # pile handlers onto one shared logger, and nothing else's lines may land in the file.
         self._logger = logging.Logger("corral.access", logging.INFO)
@@ -30,7 +33,8 @@ class AccessLog:
     def write(self, entry: dict[str, Any]) -> None:
         if self.enabled:
             now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            self._logger.info(json.dumps({"time": now, **entry}, separators=(",", ":")))
+            self._logger.info(json.dumps({"time": now, **self._pid, **entry},
+                                         separators=(",", ":")))
 
     def close(self) -> None:
         for handler in list(self._logger.handlers):

@@ -21,6 +21,7 @@ from gateway.bodylimit import BodyLimit
 from gateway.hostcheck import HostCheck, guards
 from gateway.http import SERVER_SEND, json_response
 from gateway.inference import Inference
+from gateway.remotepool import RemotePool
 from gateway.routes import models, oci, ollama, openai, transfer
 from gateway.team.keys import KeyRing
 from gateway.team.middleware import Team, TeamMiddleware
@@ -122,13 +123,16 @@ class _RequestBody:
             await self.receive()
 
 
-def create_app(settings: Settings, store: Store) -> Starlette:
-    pool = RunnerPool(settings)
+def create_app(settings: Settings, store: Store,
+               pool: RunnerPool | RemotePool | None = None) -> Starlette:
+    """The app; an HTTP worker (CORRAL_HTTP_WORKERS >= 2) passes the supervisor's `pool`."""
+    pool = pool or RunnerPool(settings)
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
               *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
     team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
-                AccessLog(settings.access_log), routes, fair_share=settings.fair_share)
+                AccessLog(settings.access_log, pid=settings.http_workers > 1), routes,
+                fair_share=settings.fair_share)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

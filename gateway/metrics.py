@@ -14,17 +14,24 @@ per model and once without the `model` label, over all models: its endpoint pick
 series per server.
 
 The registry is the app's own (not prometheus-client's global one), so several apps in one
-process (tests) never share counts. When the gateway-scale issue runs several HTTP processes,
-prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) sums these counters over them;
-their names and labels need not change.
+process (tests) never share counts. With several HTTP processes (CORRAL_HTTP_WORKERS >= 2) the
+counters and histograms go through prometheus-client's multiprocess mode (each worker writes its
+own files in PROMETHEUS_MULTIPROC_DIR, which the supervisor sets in its runtime directory and
+empties at start) and every scrape sums them over all workers, the dead ones included, so any
+worker answers with the same totals. The gauges come from the supervisor over its control socket
+at scrape time instead: it alone owns the runners, and multiprocess gauge files would hold each
+worker's stale copy of a state that only one process knows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,11 +42,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.remotepool import RemotePool
 from runner.supervisor.pool import RunnerPool
 
 # No `*_created` series beside every counter and histogram: they double the scrape for a figure
@@ -88,11 +97,26 @@ class Metrics:
             ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.supervisor = SupervisorCollector()
         r.register(self.supervisor)
+        # What a scrape shows: this registry, or with several HTTP processes the sums of all
+        # their files and the supervisor's gauges.
+        self.exposed = r
+        if multiproc := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, multiproc)
+            self.exposed.register(self.supervisor)
 
-    async def render(self, pool: RunnerPool) -> bytes:
-        await _refresh_health(pool)
-        self.supervisor.snapshot = Snapshot.take(pool)
-        return generate_latest(self.registry)
+    async def render(self, pool: RunnerPool | RemotePool) -> bytes:
+        if isinstance(pool, RemotePool):
+            self.supervisor.snapshot = Snapshot.from_data(await pool.gauges())
+        else:
+            self.supervisor.snapshot = await take_snapshot(pool)
+        return generate_latest(self.exposed)
+
+
+async def take_snapshot(pool: RunnerPool) -> Snapshot:
+    """The gauges' figures, from the runners' fresh health reports."""
+    await _refresh_health(pool)
+    return Snapshot.take(pool)
 
 
 async def _refresh_health(pool: RunnerPool) -> None:
@@ -146,6 +170,15 @@ class Snapshot:
             inventory = pool.inventory()
             snap.gpus = [(str(g.index), g.used, g.total) for g in inventory.gpus]
         return snap
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data for the control socket (the supervisor answers a worker's scrape)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(models={name: ModelState(**state) for name, state in data["models"].items()},
+                   restarts=dict(data["restarts"]), gpus=[tuple(g) for g in data["gpus"]])
 
 
 def _gauge(name: str, doc: str, values: dict[str, float], total: float | None) -> Metric:

@@ -21,14 +21,15 @@ from shared.errors import ConfigError
 log = logging.getLogger("corral")
 
 
-def _configure_logging(debug: int) -> None:
+def configure_logging(debug: int) -> None:
     level = logging.DEBUG if debug else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def _serve(settings: Settings, store: Store, notifier: Notifier) -> None:
-    app = create_app(settings, store)
+def hypercorn_config(settings: Settings) -> Config:
+    """Hypercorn's settings, bound to OLLAMA_HOST (an HTTP worker binds its supervisor's socket
+    instead)."""
     config = Config()
     host = settings.host.host
     config.bind = [f"[{host}]:{settings.host.port}" if ":" in host else
@@ -36,6 +37,13 @@ async def _serve(settings: Settings, store: Store, notifier: Notifier) -> None:
     config.accesslog = "-" if settings.debug else None
     config.errorlog = "-"
     config.keep_alive_timeout = 75
+    return config
+
+
+async def _serve(settings: Settings, store: Store, notifier: Notifier) -> None:
+    app = create_app(settings, store)
+    config = hypercorn_config(settings)
+    host = settings.host.host
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -66,7 +74,7 @@ def serve_forever(settings: Settings | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    _configure_logging(settings.debug)
+    configure_logging(settings.debug)
     notifier = Notifier.from_env()  # systemd's NOTIFY_SOCKET; does nothing outside systemd
     store = Store(settings.models)
     if not settings.noprune:
@@ -82,5 +90,10 @@ def serve_forever(settings: Settings | None = None) -> int:
         name = None
     if name is not None:
         log.info("bundled model %s is ready", name)
-    asyncio.run(_serve(settings, store, notifier))
+    if settings.http_workers > 1:  # this process supervises; HTTP workers serve the port
+        from gateway.supervise import supervise
+
+        asyncio.run(supervise(settings, store, notifier))
+    else:
+        asyncio.run(_serve(settings, store, notifier))
     return 0

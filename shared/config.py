@@ -215,6 +215,9 @@ class Settings:
     prompt_cache: int = -1
     prompt_cache_dir: Path | None = None
     prompt_cache_disk: int = 2 * 1024**3
+    # CORRAL_HTTP_WORKERS: processes serving HTTP on the one port; with 2 or more, `serve`
+    # becomes their supervisor (gateway/supervise.py).
+    http_workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -311,6 +314,8 @@ class Settings:
             kwargs["prompt_cache_dir"] = Path(raw).expanduser()
         if raw := get("CORRAL_PROMPT_CACHE_DISK"):
             kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
+        if raw := get("CORRAL_HTTP_WORKERS"):
+            kwargs["http_workers"] = _parse_int("CORRAL_HTTP_WORKERS", raw, minimum=1)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

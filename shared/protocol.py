@@ -234,6 +234,17 @@ _FIELDS: dict[type, tuple[str, ...]] = {
 }
 
 
+def register(*classes: type) -> None:
+    """Let `encode`/`decode` carry more message types (shared/control.py's, between the
+    supervisor and the HTTP workers); their tags must not clash with these."""
+    for cls in classes:
+        tag = cls.TAG  # type: ignore[attr-defined]
+        if _BY_TAG.get(tag, cls) is not cls:
+            raise ValueError(f"message tag {tag} is taken")
+        _BY_TAG[tag] = cls
+        _FIELDS[cls] = tuple(f.name for f in fields(cls))
+
+
 def encode(message: Message) -> bytes:
     return _packer.pack([message.TAG, *(getattr(message, n) for n in _FIELDS[type(message)])])
 

@@ -26,12 +26,14 @@ from gateway.inference import (
     check_messages,
     vector,
 )
+from gateway.remotepool import RemotePool
 from gateway.team import context as team
 from gateway.tools import check_tool_choice, check_tools
 from registry.names import ModelName
 from registry.show import show_response
 from registry.store import model_details, tags_entry
 from registry.timefmt import rfc3339_nano
+from runner.supervisor.pool import RunnerPool
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
 from shared.version import OLLAMA_COMPAT_VERSION, __version__
@@ -326,7 +328,14 @@ async def show(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     pool = _inference(request).pool
-    groups = [g for g in pool.running() if team.visible(g[0].name)]  # the key's models
+    # With several HTTP processes the supervisor, which owns the runners, makes the list.
+    listing = await (pool.ps() if isinstance(pool, RemotePool) else running_models(pool))
+    return json_response({"models": [m for m in listing if team.visible(m["name"])]})
+
+
+async def running_models(pool: RunnerPool) -> list[dict[str, Any]]:
+    """/api/ps's entries for every loaded model, from the supervisor's own pool."""
+    groups = pool.running()
     vram = await pool.measured_vram()  # by pid; None without NVML
     models = []
     for group in groups:  # one entry per model, as Ollama; its replicas inside `corral`
@@ -396,7 +405,7 @@ async def ps(request: Request) -> Response:
                 "prompt_cache": _prompt_cache(group),
             },
         })
-    return json_response({"models": models})
+    return models
 
 
 def _reported(health: p.HealthReply | None) -> dict[str, int] | None:

@@ -13,7 +13,6 @@ that has gone away (its process died) are cancelled the first time a reply canno
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -28,20 +27,11 @@ from runner.process.peers import Peers
 from runner.process.wholereply import WholeReplies
 from shared import protocol as p
 from shared.errors import CorralError
+from shared.parentdeath import die_with_parent
 
 log = logging.getLogger("corral.runner")
 
-_PR_SET_PDEATHSIG = 1
 _IDLE_POLL_MS = 1000
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the gateway dies, so no runner is ever orphaned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class Worker:
@@ -204,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     # llama.cpp's own log lines go through this logger; keep them for OLLAMA_DEBUG only.
     logging.getLogger("llama-cpp-python").setLevel(
         logging.DEBUG if level == "DEBUG" else logging.ERROR)
-    _die_with_parent()
+    die_with_parent()  # no runner is ever orphaned
     worker = Worker(args.socket)
 
     def stop(signum: int, frame: object) -> None:

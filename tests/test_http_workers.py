@@ -1,0 +1,253 @@
+"""`corral serve` with CORRAL_HTTP_WORKERS=2: a supervisor owning the runners and two HTTP worker
+processes on the one port, through the real `ollama` and `openai` clients.
+
+One server for the module, with API keys (an admin, and one limited to 2 requests a minute), one
+slot and a queue of one, and the access log in a file: each line names the worker that served it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import psutil
+import pytest
+
+from tests.conftest import LiveServer, start_server
+from tests.test_auth import keys_cli
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "gemma3:270m"
+SHORT = {"num_predict": 4, "temperature": 0}
+ENDLESS = {"num_predict": 100_000, "temperature": 0}
+
+
+@dataclass
+class Served:
+    server: LiveServer
+    access_log: Path
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def headers(self, name: str = "root") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[name]}"}
+
+    def ollama(self, name: str = "root") -> ollama.Client:
+        return ollama.Client(host=self.url, headers=self.headers(name))
+
+    def openai(self, name: str | None = "root") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", max_retries=0,
+                             api_key=self.secrets[name] if name else "not-a-key")
+
+    def workers(self) -> list[int]:
+        children = psutil.Process(self.server.proc.pid).children()
+        return [c.pid for c in children if "gateway.httpworker" in " ".join(c.cmdline())]
+
+    def served_by(self) -> list[int]:
+        """The worker pid of every access log line so far."""
+        lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
+        return [json.loads(line)["pid"] for line in lines]
+
+    def model_ps(self) -> dict | None:
+        models = httpx.get(self.url + "/api/ps", headers=self.headers(), timeout=30).json()
+        return next((m for m in models["models"] if m["name"] == MODEL), None)
+
+    def wait_ps(self, ready, timeout: float = 120.0) -> dict | None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while not ready(entry := self.model_ps()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"/api/ps did not reach the expected state: {entry}")
+            time.sleep(0.05)
+        return entry
+
+
+@pytest.fixture(scope="module")
+def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("workers")
+    keys = folder / "keys.json"
+    secrets = {}
+    for name, flags in {"root": ["--admin"], "limited": ["--rpm", "2"]}.items():
+        secrets[name] = keys_cli(keys, "create", name, *flags).strip().splitlines()[-1]
+    access_log = folder / "access.log"
+    server = start_server(models_dir, folder / "serve.log", CORRAL_HTTP_WORKERS="2",
+                          CORRAL_KEYS_FILE=str(keys), CORRAL_ACCESS_LOG=str(access_log),
+                          OLLAMA_NUM_PARALLEL="1", OLLAMA_MAX_QUEUE="1",
+                          OLLAMA_KEEP_ALIVE="10m")
+    try:
+        yield Served(server, access_log, secrets)
+    finally:
+        runners = server.runner_pids()
+        server.stop()
+        for pid in runners:  # the supervisor must not leave runners behind
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_both_apis_stream_and_requests_reach_both_workers(served: Served) -> None:
+    client = served.ollama()
+    parts = list(client.generate(MODEL, "The sky is", options=SHORT, stream=True))
+    assert len(parts) >= 2 and parts[-1].done and parts[-1].eval_count == 4
+    chat = client.chat(MODEL, [{"role": "user", "content": "Hi"}], options=SHORT)
+    assert chat.message.content and chat.eval_count == 4
+    oa = served.openai()
+    chunks = list(oa.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True,
+        temperature=0))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    done = oa.completions.create(model=MODEL, prompt="Once upon", max_tokens=4, temperature=0)
+    assert done.usage is not None and done.usage.completion_tokens == 4
+    # Fresh connections land on either worker (both accept on the one socket).
+    for _ in range(200):
+        if len(set(served.served_by())) >= 2:
+            break
+        httpx.get(served.url + "/api/version", headers=served.headers())
+    assert set(served.served_by()) == set(served.workers()), "one worker served everything"
+
+
+def test_keys_hold_across_workers(served: Served) -> None:
+    assert httpx.get(served.url + "/api/tags").status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        served.openai(None).models.list()
+    # Two requests a minute for "limited", whichever worker each connection reaches: the
+    # limit is counted in the shared ledger.
+    seen_before = len(served.served_by())
+    for _ in range(2):
+        reply = httpx.post(served.url + "/api/generate", headers=served.headers("limited"),
+                           json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                 "options": SHORT}, timeout=120)
+        assert reply.status_code == 200, reply.text
+    with pytest.raises(openai.RateLimitError):
+        served.openai("limited").completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+    deadline = time.monotonic() + 30  # each line is written once its reply has gone out
+    while len(served.served_by()) < seen_before + 3:
+        assert time.monotonic() < deadline, served.served_by()
+        time.sleep(0.05)
+
+
+def _stream_lines(served: Served, into: list[str], stop: threading.Event,
+                  options: dict | None = None) -> None:
+    with httpx.stream("POST", served.url + "/api/generate", headers=served.headers(),
+                      timeout=300, json={"model": MODEL, "prompt": "Count: 1, 2, 3,",
+                                         "raw": True, "options": options or ENDLESS}) as reply:
+        into.append(str(reply.status_code))
+        for line in reply.iter_lines():
+            into.append(line)
+            if stop.is_set():
+                return  # leaving the stream drops the connection
+
+
+def test_dropped_stream_frees_its_slot_and_the_queue_bound_holds(served: Served) -> None:
+    stop = threading.Event()
+    first: list[str] = []
+    second: list[str] = []
+    threads = [threading.Thread(target=_stream_lines, args=(served, first, stop))]
+    threads[0].start()
+    try:
+        served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 1)
+        while len(first) < 3:
+            time.sleep(0.05)
+        threads.append(threading.Thread(target=_stream_lines, args=(served, second, stop)))
+        threads[1].start()
+        served.wait_ps(lambda e: e is not None and e["corral"]["queued"] == 1)
+        # One running, one waiting, a queue of one: the next is turned away, on both APIs.
+        busy = httpx.post(served.url + "/api/generate", headers=served.headers(), timeout=60,
+                          json={"model": MODEL, "prompt": "Hi", "options": SHORT})
+        assert busy.status_code == 503 and "server busy" in busy.json()["error"]
+        with pytest.raises(openai.APIStatusError) as err:
+            served.openai().completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+        assert err.value.status_code == 503
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    # Both dropped: the leases are released and the runner's slot is free again (the next
+    # request, with one slot, would otherwise wait forever).
+    served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 0
+                   and e["corral"]["queued"] == 0)
+    after = served.ollama().generate(MODEL, "Hi", options=SHORT)
+    assert after.done and after.eval_count == 4
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_ps_and_metrics_agree_whichever_worker_answers(served: Served) -> None:
+    served.ollama().generate(MODEL, "Hi", options=SHORT)  # loaded
+    scrape = lambda: httpx.get(served.url + "/metrics", headers=served.headers()).text  # noqa: E731
+    # Counted once the reply has gone out: wait for the count to settle.
+    before = _metric(scrape(), "corral_requests_total", route="/api/generate", status="200")
+    served.ollama().generate(MODEL, "Hi", options=SHORT)
+    deadline = time.monotonic() + 30
+    while _metric(scrape(), "corral_requests_total", route="/api/generate",
+                  status="200") != before + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pids = set()
+    for _ in range(8):  # fresh connections: both workers answer some of these
+        text = scrape()
+        assert _metric(text, "corral_requests_total", route="/api/generate",
+                       status="200") == before + 1
+        assert _metric(text, "corral_loaded_runners", model=MODEL) == 1
+        assert _metric(text, "corral_generation_tokens_total", model=MODEL) >= 4 * (before + 1)
+        entry = served.model_ps()
+        assert entry is not None
+        pids.add(tuple(r["pid"] for r in entry["corral"]["runners"]))
+    assert pids == {tuple(served.server.runner_pids())}
+
+
+def _worker_holding(served: Served, port: int) -> int:
+    """The worker whose socket is the other end of our connection from `port`."""
+    for pid in served.workers():
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == port:
+                return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def test_a_killed_worker_is_replaced_and_its_lease_freed(served: Served) -> None:
+    host, port = served.server.host.split(":")
+    body = json.dumps({"model": MODEL, "prompt": "Count: 1, 2,", "raw": True,
+                       "options": ENDLESS}).encode()
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(b"POST /api/generate HTTP/1.1\r\nHost: " + served.server.host.encode()
+                     + b"\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+                     + served.secrets["root"].encode() + b"\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")  # streaming
+        served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 1)
+        victim = _worker_holding(served, conn.getsockname()[1])
+        before = set(served.workers())
+        psutil.Process(victim).send_signal(signal.SIGKILL)
+        # The supervisor releases its lease, the runner cancels its sequence, and a new worker
+        # takes its place.
+        served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 0
+                       and e["corral"]["runners"][0]["reported"] is not None)
+        deadline = time.monotonic() + 60
+        while len(now := set(served.workers())) < 2 or victim in now:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+        assert now != before and len(now) == 2
+    # The runner's one slot is free again: the next request is served.
+    after = served.ollama().generate(MODEL, "Hi", options=SHORT)
+    assert after.done and after.eval_count == 4
+    report = served.wait_ps(lambda e: e is not None and e["corral"]["runners"][0]["reported"]
+                            is not None and e["corral"]["runners"][0]["reported"]["active"] == 0,
+                            timeout=30)
+    assert report is not None
