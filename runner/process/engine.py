@@ -21,6 +21,7 @@ cut that no checkpoint reaches reads the prompt again from the start.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -67,11 +68,36 @@ RESTORE_SPAN = 16
 # Sliding-window checkpoints a slot keeps (the newest): each is the window's share of the cache
 # (about 7.5 MiB for Gemma 3 270M), held in RAM beside the slots.
 SLOT_CHECKPOINTS = 2
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc)
 _PARTIAL = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY  # the sliding-window cache only
 
 
 class LoadError(Exception):
     pass
+
+
+def _c_bytes(data: bytes | bytearray) -> ctypes.Array[ctypes.c_uint8]:
+    """A saved state as llama.cpp reads or writes it: a bytearray in place (states the engine
+    saves are written straight into one, with no second copy), bytes (read from disk) copied."""
+    array_type = ctypes.c_uint8 * len(data)
+    return array_type.from_buffer(data) if isinstance(data, bytearray) \
+        else array_type.from_buffer_copy(data)
+
+
+def _return_large_blocks() -> None:
+    """Have glibc give blocks of 1 MiB and more back to the system when they are freed.
+
+    Checkpoints and saved prompt states are megabytes each and come and go; by default glibc
+    raises its mmap threshold after the first such block is freed, so later ones come from the
+    heap, whose memory the process keeps (about 20 MB more RSS with four slots)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+def _trimmed(data: bytearray, n: int) -> bytearray:
+    if n < len(data):
+        del data[n:]
+    return data
 
 
 @dataclass
@@ -173,6 +199,7 @@ def _device(load: p.Load) -> str:
 class Engine:
     def __init__(self, load: p.Load) -> None:
         llama_cpp.llama_backend_init()
+        _return_large_blocks()
         self._piece_cache: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
@@ -586,10 +613,10 @@ class Engine:
         size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.index)
         if size <= 0 or size > cache.budget:
             return
-        buf = (ctypes.c_uint8 * size)()
-        n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.index)
+        data = bytearray(size)
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, _c_bytes(data), size, slot.index)
         if n > 0:
-            whole = State(len(tokens), ctypes.string_at(buf, n), slot.canonical,
+            whole = State(len(tokens), _trimmed(data, n), slot.canonical,
                           floor=self._saved_floor(slot))
             # Checkpoints only for the cuts the whole state cannot serve itself.
             points = [c for c in slot.checkpoints if c.n_tokens < whole.floor]
@@ -618,7 +645,7 @@ class Engine:
         usable = [c for c in slot.checkpoints
                   if c.n_tokens <= len(slot.tokens) and c.floor <= min(keep, c.n_tokens)]
         for point in sorted(usable, key=lambda c: min(keep, c.n_tokens), reverse=True):
-            data = (ctypes.c_uint8 * len(point.data)).from_buffer_copy(point.data)
+            data = _c_bytes(point.data)
             cut = min(keep, point.n_tokens)
             # What was restored decides, not what was recorded.
             if llama_cpp.llama_state_seq_set_data_ext(self.ctx, data, len(point.data),
@@ -645,11 +672,12 @@ class Engine:
         size = llama_cpp.llama_state_seq_get_size_ext(self.ctx, slot.index, _PARTIAL)
         if size <= 0:
             return
-        buf = (ctypes.c_uint8 * size)()
-        n = llama_cpp.llama_state_seq_get_data_ext(self.ctx, buf, size, slot.index, _PARTIAL)
+        data = bytearray(size)
+        n = llama_cpp.llama_state_seq_get_data_ext(self.ctx, _c_bytes(data), size, slot.index,
+                                                   _PARTIAL)
         if n <= 0:
             return
-        point = State(len(slot.tokens), ctypes.string_at(buf, n), slot.canonical, partial=True,
+        point = State(len(slot.tokens), _trimmed(data, n), slot.canonical, partial=True,
                       floor=self._saved_floor(slot))
         kept = [c for c in slot.checkpoints if c.n_tokens < point.n_tokens]
         slot.checkpoints = [*kept, point][-SLOT_CHECKPOINTS:]
@@ -677,7 +705,7 @@ class Engine:
             cache.misses += 1
             return
         assert entry is not None
-        data = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
+        data = _c_bytes(state.data)
         if not llama_cpp.llama_state_seq_set_data(self.ctx, data, len(state.data), slot.index):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
             slot.tokens, slot.canonical, slot.checkpoints = [], 0, []

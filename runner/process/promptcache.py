@@ -37,7 +37,7 @@ class State:
     """The KV state of the first `n_tokens` tokens of an entry."""
 
     n_tokens: int
-    data: bytes
+    data: bytes | bytearray  # bytearray as the engine saves it, bytes as read from disk
     # Positions from 0 that were read in the seeded layout (runner/process/engine.py,
     # `seeded_keep`):
     # it travels with the state so a seeded request reuses no more than it could from a slot.
