@@ -115,6 +115,13 @@ def test_disk_keeps_entries_used_twice_within_budget_and_refuses_a_damaged_file(
     path.write_bytes(bytes(raw))
     assert promptdisk.load(PromptCache(10_000), path, settings) == 0
     assert "checksum" in caplog.text
+    # A file from another version of the format says so, not that it is damaged.
+    caplog.clear()
+    path.write_bytes(b"corral-prompt-cache 1\n" + bytes(raw[len(promptdisk.MAGIC):]))
+    with caplog.at_level("INFO", logger="corral.runner"):
+        assert promptdisk.load(PromptCache(10_000), path, settings) == 0
+    assert "another format (corral-prompt-cache 1)" in caplog.text
+    assert "checksum" not in caplog.text
 
 
 # --- the engine ------------------------------------------------------------------------------

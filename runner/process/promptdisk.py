@@ -79,6 +79,10 @@ def load(cache: PromptCache, path: Path, settings: dict[str, Any]) -> int:
         return 0
     head = len(MAGIC)
     body = raw[head + 32:]
+    if raw[:head] != MAGIC and raw.startswith(MAGIC.split(b" ")[0] + b" "):
+        log.info("prompt cache %s ignored: written in another format (%s)", path,
+                 raw.split(b"\n", 1)[0].decode("ascii", "replace"))
+        return 0
     if raw[:head] != MAGIC or hashlib.sha256(body).digest() != raw[head:head + 32]:
         log.warning("prompt cache %s ignored: its checksum does not match", path)
         return 0
