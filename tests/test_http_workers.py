@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import ollama
@@ -22,6 +23,9 @@ import openai
 import psutil
 import pytest
 
+from gateway.metrics import ModelState, Snapshot
+from shared import control as c
+from shared import protocol as p
 from tests.conftest import LiveServer, start_server
 from tests.test_auth import keys_cli
 
@@ -30,6 +34,45 @@ pytestmark = pytest.mark.e2e
 MODEL = "gemma3:270m"
 SHORT = {"num_predict": 4, "temperature": 0}
 ENDLESS = {"num_predict": 100_000, "temperature": 0}
+
+
+# --- without processes --------------------------------------------------------------------------
+
+
+def test_control_messages_cross_the_wire_intact() -> None:
+    load = p.encode(p.Load("/m.gguf", 2048, parallel=2))
+    ready = p.encode(p.Ready(5, 2048, 4096, 2, 1, 1, "cpu"))
+    messages = [c.Hello(7), c.Acquire(1, "digest", "m:1b", "m:1b", load, None),
+                c.Acquire(2, "digest", "m", "m:latest", load, 300.0),
+                c.Leased(1, 9, "ipc:///run/r.sock", ready),
+                c.Release(9, 0.0), c.Unload(3, "digest"), c.Answer(3, True),
+                c.Answer(4, [{"name": "m"}]), c.Ps(5), c.Gauges(6),
+                c.Failed(1, "server busy", 503), c.RunnerGone("ipc:///run/r.sock", "killed")]
+    for message in messages:
+        assert p.decode(p.encode(message)) == message  # type: ignore[arg-type]
+    leased = p.decode(p.encode(messages[3]))  # type: ignore[arg-type]
+    assert p.decode(leased.ready).n_ctx == 2048  # type: ignore[union-attr]
+
+
+def test_a_taken_tag_is_refused() -> None:
+    @dataclass(slots=True)
+    class Clash:
+        TAG: ClassVar[int] = p.Chunk.TAG
+        id: int
+
+    with pytest.raises(ValueError, match="taken"):
+        p.register(Clash)
+
+
+def test_the_supervisors_gauges_cross_as_plain_data() -> None:
+    snap = Snapshot(models={"m": ModelState(running=1, waiting=2, kv_used=30, kv_total=400,
+                                            runners=1, resident=5, cache_bytes=6, cache_hits=7)},
+                    restarts={"m": 1}, gpus=[("0", 10, 20)])
+    answer = p.decode(p.encode(c.Answer(1, snap.to_data())))
+    assert Snapshot.from_data(answer.value) == snap  # type: ignore[union-attr]
+
+
+# --- a live server with two workers -----------------------------------------------------------
 
 
 @dataclass
@@ -192,13 +235,20 @@ def test_ps_and_metrics_agree_whichever_worker_answers(served: Served) -> None:
     served.ollama().generate(MODEL, "Hi", options=SHORT)  # loaded
     scrape = lambda: httpx.get(served.url + "/metrics", headers=served.headers()).text  # noqa: E731
     # Counted once the reply has gone out: wait for the count to settle.
-    before = _metric(scrape(), "corral_requests_total", route="/api/generate", status="200")
-    served.ollama().generate(MODEL, "Hi", options=SHORT)
+    first = scrape()
+    before = _metric(first, "corral_requests_total", route="/api/generate", status="200")
+    ttft = _metric(first, "corral_time_to_first_token_seconds_count", model=MODEL)
+    gaps = _metric(first, "corral_inter_token_latency_seconds_count", model=MODEL)
+    served.ollama().generate(MODEL, "Hi", options=SHORT)  # not streamed: its text in one piece
     deadline = time.monotonic() + 30
     while _metric(scrape(), "corral_requests_total", route="/api/generate",
                   status="200") != before + 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # The runner still timed the first token and the gaps of a reply sent in one message.
+    text = scrape()
+    assert _metric(text, "corral_time_to_first_token_seconds_count", model=MODEL) == ttft + 1
+    assert _metric(text, "corral_inter_token_latency_seconds_count", model=MODEL) > gaps
     pids = set()
     for _ in range(8):  # fresh connections: both workers answer some of these
         text = scrape()
