@@ -28,6 +28,7 @@ from shared import control as c
 from shared import protocol as p
 from tests.conftest import LiveServer, start_server
 from tests.test_auth import keys_cli
+from tests.test_sdnotify import FakeSystemd
 
 pytestmark = pytest.mark.e2e
 
@@ -301,3 +302,28 @@ def test_a_killed_worker_is_replaced_and_its_lease_freed(served: Served) -> None
                             is not None and e["corral"]["runners"][0]["reported"]["active"] == 0,
                             timeout=30)
     assert report is not None
+
+
+def test_ready_once_every_worker_serves_and_a_clean_stop(models_dir: Path, tmp_path: Path
+                                                         ) -> None:
+    """systemd hears READY=1 from the supervisor once both workers' apps have started; SIGTERM
+    stops the workers and the supervisor cleanly. No model is needed for this."""
+    systemd = FakeSystemd(str(tmp_path / "notify.sock"))
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_HTTP_WORKERS="2",
+                          NOTIFY_SOCKET=systemd.address)
+    try:
+        ready = systemd.wait_for("READY")
+        assert ready["MAINPID"] == str(server.proc.pid)
+        assert ready["STATUS"].startswith(f"listening on {server.url} with 2 HTTP workers")
+        workers = [c for c in psutil.Process(server.proc.pid).children()
+                   if "gateway.httpworker" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        for worker in workers:  # only the main PID notifies
+            assert "NOTIFY_SOCKET" not in worker.environ()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+        assert not any(w.is_running() and w.status() != "zombie" for w in workers)
+        systemd.wait_for("STOPPING", timeout=5)
+    finally:
+        server.stop()
+        systemd.close()
