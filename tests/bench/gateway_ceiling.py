@@ -76,8 +76,8 @@ def http_processes(server: LiveServer) -> list[psutil.Process]:
     return workers or [main]
 
 
-def _cpu(processes: list[psutil.Process]) -> float:
-    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+def _cpu(processes: list[psutil.Process]) -> list[float]:
+    return [t.user + t.system for t in (p.cpu_times() for p in processes)]
 
 
 def _serve() -> int:
@@ -97,6 +97,14 @@ class Cell:
     seconds: float
     cpu_s: float  # the HTTP processes'
     supervisor_cpu_s: float | None = None  # with HTTP workers: the supervisor's own
+    shares: tuple[float, ...] = ()  # each HTTP process's part of cpu_s
+
+    @property
+    def split(self) -> str:
+        """How the HTTP CPU fell on the workers ("-" with one process)."""
+        if len(self.shares) < 2 or not self.cpu_s:
+            return "-"
+        return "/".join(f"{share / self.cpu_s:.0%}" for share in self.shares)
 
     @property
     def supervisor_ms(self) -> float | None:
@@ -151,8 +159,9 @@ async def measure(server: LiveServer, kind: str, streams: int, tokens: int,
         seconds = time.perf_counter() - started
         after, after_sup = _cpu(gateway), supervisor.cpu_times()
     sup = (after_sup.user - before_sup.user) + (after_sup.system - before_sup.system)
-    return Cell(kind, streams, streams * rounds * tokens, seconds, after - before,
-                sup if split else None)
+    shares = tuple(a - b for a, b in zip(after, before, strict=True))
+    return Cell(kind, streams, streams * rounds * tokens, seconds, sum(shares),
+                sup if split else None, shares)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"gateway ceiling (stand-in runner, {args.tokens} tokens per request, "
                         f"step {args.step_ms} ms, {os.cpu_count()} cores)")
     for column in ("endpoint", "HTTP workers", "streams", "tokens", "tokens/s",
-                   "gateway CPU ms/token", "range", "supervisor ms/token"):
+                   "gateway CPU ms/token", "range", "split by worker", "supervisor ms/token"):
         table.add_column(column, justify="left" if column == "endpoint" else "right")
     for (workers, kind, n), cells in results.items():
         per = [c.per_token_ms for c in cells]
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(label, str(workers), str(n), str(cells[0].tokens),
                       f"{statistics.median(c.tokens_s for c in cells):,.0f}",
                       f"{statistics.median(per):.3f}", f"{min(per):.3f}-{max(per):.3f}",
-                      f"{statistics.median(sup):.4f}" if sup else "-")
+                      cells[0].split, f"{statistics.median(sup):.4f}" if sup else "-")
     console.print(table)
     for workers, mib in rss.items():
         console.print(f"HTTP process RSS after the run with {workers} worker(s): {mib:.0f} MiB"
