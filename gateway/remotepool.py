@@ -26,7 +26,7 @@ from runner.supervisor.client import RunnerConnection
 from shared import control as c
 from shared import protocol as p
 from shared.config import Settings
-from shared.errors import CorralError, RunnerError
+from shared.errors import BadRequest, CorralError, RunnerError
 
 log = logging.getLogger("corral.worker")
 
@@ -125,7 +125,7 @@ class RemotePool:
         try:
             frame = p.encode(load)
         except OverflowError:  # msgpack carries 64-bit integers; JSON numbers can be larger
-            raise CorralError("a number in the request is out of range", 400) from None
+            raise BadRequest("a number in the request is out of range") from None
         reply = await self._ask(c.Acquire(next(self._ids), key, name, model.name.full(), frame,
                                           keep_alive))
         assert isinstance(reply, c.Leased)

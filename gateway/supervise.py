@@ -33,6 +33,7 @@ from gateway.remotepool import worker_identity
 from gateway.routes.ollama import running_models
 from gateway.sdnotify import Notifier, run_watchdog
 from registry.store import Store
+from runner.supervisor.client import exit_reason
 from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import control as c
 from shared import protocol as p
@@ -157,9 +158,11 @@ class ControlServer:
 
         async def watch() -> None:
             assert runner.proc is not None
-            await runner.proc.wait()
+            code = await runner.proc.wait()
             self._watched.discard(runner.endpoint)
-            gone = c.RunnerGone(runner.endpoint, runner.dead or "runner was stopped")
+            # The runner's own watcher may not have named the cause yet: the same words.
+            reason = runner.dead or f"runner process terminated unexpectedly ({exit_reason(code)})"
+            gone = c.RunnerGone(runner.endpoint, reason)
             for worker in list(self._workers):
                 await self._send(worker, gone)
 

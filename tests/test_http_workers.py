@@ -304,6 +304,26 @@ def test_a_killed_worker_is_replaced_and_its_lease_freed(served: Served) -> None
     assert report is not None
 
 
+def test_a_runner_killed_mid_stream_ends_the_stream_with_its_cause(served: Served) -> None:
+    """The worker streams from the runner on its own socket; when the runner dies the supervisor
+    tells the workers, so the stream ends with the cause at once, and the next request starts a
+    fresh runner."""
+    served.ollama().generate(MODEL, "Hi", options=SHORT)  # loaded
+    [runner] = served.server.runner_pids()
+    lines = []
+    with httpx.stream("POST", served.url + "/api/generate", headers=served.headers(), timeout=60,
+                      json={"model": MODEL, "prompt": "Count: 1, 2, 3,", "raw": True,
+                            "options": ENDLESS}) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            lines.append(json.loads(line))
+            if len(lines) == 3:
+                psutil.Process(runner).send_signal(signal.SIGKILL)
+    assert "terminated unexpectedly (killed by SIGKILL)" in lines[-1].get("error", ""), lines[-1]
+    after = served.ollama().generate(MODEL, "Hi", options=SHORT)
+    assert after.done and runner not in served.server.runner_pids()
+
+
 def test_ready_once_every_worker_serves_and_a_clean_stop(models_dir: Path, tmp_path: Path
                                                          ) -> None:
     """systemd hears READY=1 from the supervisor once both workers' apps have started; SIGTERM
