@@ -253,6 +253,11 @@ class HttpWorkers:
 
 
 async def supervise(settings: Settings, store: Store, notifier: Notifier) -> None:
+    try:
+        listener = listen(settings.host.host, settings.host.port)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        log.error("cannot listen on %s: %s", settings.host.url, exc)
+        raise SystemExit(1) from None
     runtime = Path(tempfile.mkdtemp(prefix="corral-http-"))  # mode 0700
     (runtime / "metrics").mkdir()  # fresh: no counts from an earlier server
     pool = RunnerPool(settings)
@@ -269,7 +274,6 @@ async def supervise(settings: Settings, store: Store, notifier: Notifier) -> Non
 
     control = ControlServer(pool, store, f"ipc://{runtime}/control.sock", on_hello)
     control.start()
-    listener = listen(settings.host.host, settings.host.port)
     workers = HttpWorkers(count, listener, control, runtime)
     atexit.register(pool.kill_all)  # belt and braces: never leave a runner behind
     atexit.register(workers.kill_all)
