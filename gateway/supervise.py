@@ -2,8 +2,8 @@
 
 The supervisor is the one authority over the runners: it owns the `RunnerPool` (placement,
 eviction, keep-alive, replicas, the queue bound), the runner processes stay its children, and it
-answers /api/ps, unload and the /metrics gauges. It binds the HTTP port once and hands the socket
-to every worker (Hypercorn's `fd://` bind), so they all accept on it; it answers their questions
+answers /api/ps, unload and the /metrics gauges. It binds the HTTP port and hands each worker a
+listening socket (Hypercorn's `fd://` bind), so they all accept on it; it answers their questions
 on a control socket (shared/control.py), restarts a worker that dies and frees that worker's
 leases. The tokens never pass through here: a worker streams from the runner on its own socket.
 """
@@ -186,21 +186,32 @@ class ControlServer:
             self._sock = None
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The HTTP port, bound once here; the workers inherit it."""
+def listen(host: str, port: int, count: int) -> list[socket.socket]:
+    """The HTTP port, bound here: one socket per worker where the kernel spreads connections
+    over several on one port (SO_REUSEPORT, by a hash of the client's address), else one that
+    all share. A shared socket goes to whichever worker wakes first, and a client's pool of
+    keep-alive connections, opened in a burst, often lands whole on one worker. Each socket
+    stays open here, so connections that arrive while its worker restarts wait in its queue."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024)
-    sock.set_inheritable(True)
-    return sock
+    spread = hasattr(socket, "SO_REUSEPORT") and port != 0 and count > 1
+    if spread:
+        # Another server of this user's with SO_REUSEPORT on the port would silently share it:
+        # a plain bind first fails on any port in use, as a single socket's would.
+        socket.create_server((host, port), family=family).close()
+    sockets = [socket.create_server((host, port), family=family, backlog=1024,
+                                    reuse_port=spread) for _ in range(count if spread else 1)]
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
 
 
 class HttpWorkers:
     """N `python -m gateway.httpworker` processes, each replaced when it dies."""
 
-    def __init__(self, count: int, listener: socket.socket, control: ControlServer,
+    def __init__(self, count: int, listeners: list[socket.socket], control: ControlServer,
                  runtime: Path) -> None:
         self.count = count
-        self.listener = listener
+        self.listeners = listeners
         self.control = control
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(runtime / "metrics")}
         self.procs: dict[int, asyncio.subprocess.Process] = {}
@@ -211,8 +222,8 @@ class HttpWorkers:
         for slot in range(self.count):
             self._tasks.append(asyncio.create_task(self._keep(slot)))
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        fd = self.listener.fileno()
+    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
+        fd = self.listeners[slot % len(self.listeners)].fileno()
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.httpworker", "--fd", str(fd),
             "--control", self.control.endpoint, pass_fds=(fd,), env=self.env,
@@ -220,7 +231,7 @@ class HttpWorkers:
 
     async def _keep(self, slot: int) -> None:
         while not self.stopping:
-            proc = await self._spawn()
+            proc = await self._spawn(slot)
             self.procs[slot] = proc
             code = await proc.wait()
             if self.stopping:
@@ -254,7 +265,7 @@ class HttpWorkers:
 
 async def supervise(settings: Settings, store: Store, notifier: Notifier) -> None:
     try:
-        listener = listen(settings.host.host, settings.host.port)
+        listeners = listen(settings.host.host, settings.host.port, settings.http_workers)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         log.error("cannot listen on %s: %s", settings.host.url, exc)
         raise SystemExit(1) from None
@@ -274,7 +285,7 @@ async def supervise(settings: Settings, store: Store, notifier: Notifier) -> Non
 
     control = ControlServer(pool, store, f"ipc://{runtime}/control.sock", on_hello)
     control.start()
-    workers = HttpWorkers(count, listener, control, runtime)
+    workers = HttpWorkers(count, listeners, control, runtime)
     atexit.register(pool.kill_all)  # belt and braces: never leave a runner behind
     atexit.register(workers.kill_all)
     stop = asyncio.Event()
@@ -296,7 +307,8 @@ async def supervise(settings: Settings, store: Store, notifier: Notifier) -> Non
     finally:
         watchdog.cancel()
         await workers.stop()
-        listener.close()
+        for sock in listeners:
+            sock.close()
         control.close()
         await pool.close()
         shutil.rmtree(runtime, ignore_errors=True)
