@@ -24,6 +24,11 @@ from shared.parentdeath import die_with_parent
 
 async def _serve(settings: Settings, fd: int, control: str) -> None:
     app = create_app(settings, Store(settings.models), RemotePool(settings, control))
+    team = app.state.team
+    if team.keyring.current().enabled:
+        # Opening the ledger forgets the requests in flight of processes that are gone: those of
+        # the worker this one replaces stop counting against their keys' concurrency at once.
+        team.ledger()
     config = hypercorn_config(settings)
     config.bind = [f"fd://{fd}"]
     stop = asyncio.Event()

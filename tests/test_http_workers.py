@@ -123,7 +123,8 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     folder = tmp_path_factory.mktemp("workers")
     keys = folder / "keys.json"
     secrets = {}
-    for name, flags in {"root": ["--admin"], "limited": ["--rpm", "2"]}.items():
+    for name, flags in {"root": ["--admin"], "limited": ["--rpm", "2"],
+                        "single": ["--concurrency", "1"]}.items():
         secrets[name] = keys_cli(keys, "create", name, *flags).strip().splitlines()[-1]
     access_log = folder / "access.log"
     server = start_server(models_dir, folder / "serve.log", CORRAL_HTTP_WORKERS="2",
@@ -279,7 +280,7 @@ def test_a_killed_worker_is_replaced_and_its_lease_freed(served: Served) -> None
     with socket.create_connection((host, int(port)), timeout=60) as conn:
         conn.sendall(b"POST /api/generate HTTP/1.1\r\nHost: " + served.server.host.encode()
                      + b"\r\nContent-Type: application/json\r\nAuthorization: Bearer "
-                     + served.secrets["root"].encode() + b"\r\nContent-Length: "
+                     + served.secrets["single"].encode() + b"\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")  # streaming
         served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 1)
@@ -295,9 +296,11 @@ def test_a_killed_worker_is_replaced_and_its_lease_freed(served: Served) -> None
             assert time.monotonic() < deadline, now
             time.sleep(0.1)
         assert now != before and len(now) == 2
-    # The runner's one slot is free again: the next request is served.
-    after = served.ollama().generate(MODEL, "Hi", options=SHORT)
-    assert after.done and after.eval_count == 4
+    # The runner's one slot is free again: the next request is served. The killed request no
+    # longer counts against its key's concurrency of 1, whichever worker the next ones reach.
+    for _ in range(4):
+        after = served.ollama("single").generate(MODEL, "Hi", options=SHORT)
+        assert after.done and after.eval_count == 4
     report = served.wait_ps(lambda e: e is not None and e["corral"]["runners"][0]["reported"]
                             is not None and e["corral"]["runners"][0]["reported"]["active"] == 0,
                             timeout=30)
