@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from gateway.metrics import take_snapshot
 from gateway.remotepool import worker_identity
 from gateway.routes.ollama import running_models
 from gateway.sdnotify import Notifier, run_watchdog
+from gateway.team.ledger import Ledger, ledger_path
 from registry.store import Store
 from runner.supervisor.client import exit_reason
 from runner.supervisor.pool import LoadedRunner, RunnerPool
@@ -209,8 +211,9 @@ class HttpWorkers:
     """N `python -m gateway.httpworker` processes, each replaced when it dies."""
 
     def __init__(self, count: int, listeners: list[socket.socket], control: ControlServer,
-                 runtime: Path) -> None:
+                 runtime: Path, ledger: Path) -> None:
         self.count = count
+        self.ledger = ledger
         self.listeners = listeners
         self.control = control
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(runtime / "metrics")}
@@ -237,9 +240,19 @@ class HttpWorkers:
             if self.stopping:
                 return
             freed = self.control.worker_gone(proc.pid)
+            self._forget_inflight()
             log.warning("HTTP worker pid %s exited (%s); %d lease(s) released; starting another",
                         proc.pid, code, freed)
             await asyncio.sleep(RESTART_DELAY)
+
+    def _forget_inflight(self) -> None:
+        """A dead worker's requests in flight must stop counting against their keys'
+        concurrency: opening the team ledger forgets those of processes that are gone."""
+        if self.ledger.exists():  # (only a server with keys has one)
+            try:
+                Ledger(self.ledger).close()
+            except sqlite3.Error as exc:
+                log.warning("could not update the ledger %s: %s", self.ledger, exc)
 
     def kill_all(self) -> None:
         for proc in self.procs.values():
@@ -285,7 +298,8 @@ async def supervise(settings: Settings, store: Store, notifier: Notifier) -> Non
 
     control = ControlServer(pool, store, f"ipc://{runtime}/control.sock", on_hello)
     control.start()
-    workers = HttpWorkers(count, listeners, control, runtime)
+    workers = HttpWorkers(count, listeners, control, runtime,
+                          ledger_path(settings.keys_file))
     atexit.register(pool.kill_all)  # belt and braces: never leave a runner behind
     atexit.register(workers.kill_all)
     stop = asyncio.Event()
