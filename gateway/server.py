@@ -54,19 +54,25 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def _serve(settings: Settings, store: Store, notifier: Notifier) -> None:
-    app = create_app(settings, store)
-    config = hypercorn_config(settings)
-    host = settings.host.host
+def stop_on_signals(notifier: Notifier) -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (telling systemd that the server is stopping)."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
         notifier.stopping("stopping: unloading models")
         stop.set()
 
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    return stop
+
+
+async def _serve(settings: Settings, store: Store, notifier: Notifier) -> None:
+    app = create_app(settings, store)
+    config = hypercorn_config(settings)
+    host = settings.host.host
+    stop = stop_on_signals(notifier)
     atexit.register(app.state.pool.kill_all)  # belt and braces: never leave a runner behind
     log.info("corral listening on %s (models in %s)", settings.host.url, settings.models)
     notifier.status(f"starting the HTTP server on {settings.host.url}")

@@ -17,7 +17,6 @@ import itertools
 import logging
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import sys
@@ -33,6 +32,7 @@ from gateway.metrics import take_snapshot
 from gateway.remotepool import worker_identity
 from gateway.routes.ollama import running_models
 from gateway.sdnotify import Notifier, run_watchdog
+from gateway.server import stop_on_signals
 from gateway.team.ledger import Ledger, ledger_path
 from registry.store import Store
 from runner.supervisor.client import exit_reason
@@ -302,15 +302,7 @@ async def supervise(settings: Settings, store: Store, notifier: Notifier) -> Non
                           ledger_path(settings.keys_file))
     atexit.register(pool.kill_all)  # belt and braces: never leave a runner behind
     atexit.register(workers.kill_all)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        notifier.stopping("stopping: unloading models")
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stop = stop_on_signals(notifier)
     log.info("corral listening on %s with %d HTTP workers (models in %s)", url, count,
              settings.models)
     notifier.status(f"starting {count} HTTP workers on {url}")
