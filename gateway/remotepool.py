@@ -11,11 +11,9 @@ never through the supervisor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from runner.supervisor.client import RunnerConnection
+from runner.supervisor.pool import Leasing
 from shared import control as c
 from shared import protocol as p
 from shared.config import Settings
@@ -46,7 +45,7 @@ class RemoteLease:
     lease: int
 
 
-class RemotePool:
+class RemotePool(Leasing[RemoteLease]):
     def __init__(self, settings: Settings, control: str) -> None:
         self.settings = settings
         self.control = control
@@ -110,15 +109,6 @@ class RemotePool:
         return reply
 
     # --- what the gateway uses ------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def lease(self, key: str, name: str, model: Any, load: p.Load,
-                    keep_alive: float | None) -> AsyncIterator[RemoteLease]:
-        entry = await self.acquire(key, name, model, load, keep_alive)
-        try:
-            yield entry
-        finally:
-            self.release(entry, keep_alive)
 
     async def acquire(self, key: str, name: str, model: Any, load: p.Load,
                       keep_alive: float | None) -> RemoteLease:

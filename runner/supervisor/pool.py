@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psutil
 
@@ -120,7 +120,31 @@ class LoadedRunner:
             return 0
 
 
-class RunnerPool:
+Held = TypeVar("Held")
+
+
+class Leasing(Generic[Held]):
+    """`lease()` over a pool's own `acquire` and `release`: this process's RunnerPool, or an
+    HTTP worker's pool that asks the supervisor (gateway/remotepool.py)."""
+
+    async def acquire(self, key: str, name: str, model: Any, load: p.Load,
+                      keep_alive: float | None) -> Held:
+        raise NotImplementedError
+
+    def release(self, entry: Held, keep_alive: float | None = None) -> None:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def lease(self, key: str, name: str, model: Any, load: p.Load,
+                    keep_alive: float | None) -> AsyncIterator[Held]:
+        entry = await self.acquire(key, name, model, load, keep_alive)
+        try:
+            yield entry
+        finally:
+            self.release(entry, keep_alive)
+
+
+class RunnerPool(Leasing[LoadedRunner]):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loaded: dict[str, list[LoadedRunner]] = {}  # model key -> its replicas, oldest first
@@ -180,15 +204,6 @@ class RunnerPool:
         task.add_done_callback(self._tasks.discard)
 
     # --- leasing ------------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def lease(self, key: str, name: str, model: Any, load: p.Load,
-                    keep_alive: float | None) -> AsyncIterator[LoadedRunner]:
-        entry = await self.acquire(key, name, model, load, keep_alive)
-        try:
-            yield entry
-        finally:
-            self.release(entry, keep_alive)
 
     async def acquire(self, key: str, name: str, model: Any, load: p.Load,
                       keep_alive: float | None) -> LoadedRunner:
