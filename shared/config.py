@@ -208,10 +208,9 @@ class Settings:
     access_log: str = ""
     fair_share: bool = True
     # The prompt cache beyond the slots (runner/process/promptcache.py): CORRAL_PROMPT_CACHE bytes
-    # of
-    # host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
-    # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the
-    # store) and CORRAL_PROMPT_CACHE_DISK bytes per model (0 = off).
+    # of host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
+    # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the store) and
+    # CORRAL_PROMPT_CACHE_DISK bytes per model (0 = off).
     prompt_cache: int = -1
     prompt_cache_dir: Path | None = None
     prompt_cache_disk: int = 2 * 1024**3

@@ -41,8 +41,7 @@ class Load:
     # asks for it after a runner crashed while loading.
     safe_cpu: bool = False
     # Prompt states kept beyond the slots (runner/process/promptcache.py): bytes of host RAM (0 =
-    # off),
-    # and the folder and bytes of the copy kept across reloads ("" or 0 = none).
+    # off), and the folder and bytes of the copy kept across reloads ("" or 0 = none).
     prompt_cache: int = 0
     prompt_cache_dir: str = ""
     prompt_cache_disk: int = 0

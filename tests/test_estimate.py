@@ -1,8 +1,7 @@
 """The memory estimate (runner/supervisor/estimate.py) against what a loaded runner really uses:
-llama.cpp's
-buffers as it logs them at load (runner/process/devicemem.py), and the process's RSS, for the
-bundled
-model at several context, slot and micro-batch settings; and the shape rules on their own."""
+llama.cpp's buffers as it logs them at load (runner/process/devicemem.py), and the process's RSS,
+for the bundled model at several context, slot and micro-batch settings; and the shape rules on
+their own."""
 
 from __future__ import annotations
 

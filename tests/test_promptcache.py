@@ -1,6 +1,5 @@
 """The prompt cache beyond the slots: the store itself (runner/process/promptcache.py), and the
-engine
-restoring a saved conversation into a slot with the same text as if its slot had kept it."""
+engine restoring a saved conversation into a slot with the same text as if its slot had kept it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The layout a seeded prompt is read in (runner/process/engine.py): chunks aligned to positions,
-the last
-token alone, and reuse of a cache only as far as it was read that way. The e2e check that a seed
-reproduces its text is `test_api_openai.py::test_a_seed_reproduces_its_text_streamed_or_not`."""
+the last token alone, and reuse of a cache only as far as it was read that way. The e2e check that a
+seed reproduces its text is
+`test_api_openai.py::test_a_seed_reproduces_its_text_streamed_or_not`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Sliding-window caches (`swa_full = false`) with prefix reuse kept: a cut further back than the
 window a slot's cache still holds takes a checkpoint of its sliding-window state
-(runner/process/engine.py),
-from the slot or from the prompt cache, and writes what a cold read writes (greedy); where no
-checkpoint reaches, the prompt is read again from the start."""
+(runner/process/engine.py), from the slot or from the prompt cache, and writes what a cold read
+writes (greedy); where no checkpoint reaches, the prompt is read again from the start."""
 
 from __future__ import annotations
 

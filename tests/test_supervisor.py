@@ -123,9 +123,8 @@ def test_ps_shows_placement(corral_server: LiveServer) -> None:
         assert extra["gpus"] == [] and extra["gpu_layers"] == 0 and entry["size_vram"] == 0
         assert [r["device"] for r in extra["runners"]] == ["cpu"]
         # The estimate of what a CPU runner holds, against what it holds
-        # (runner/supervisor/estimate.py;
-        # tests/test_estimate.py holds it within 15% over several settings).
-        # The prompt cache beyond the slots is bounded and reported on its own.
+        # (runner/supervisor/estimate.py; tests/test_estimate.py holds it within 15% over several
+        # settings). The prompt cache beyond the slots is bounded and reported on its own.
         held = measured["rss"] - extra["prompt_cache"]["bytes"]
         assert estimate["host_total"] == entry["size"]
         assert abs(held - entry["size"]) < 0.25 * held, (measured, entry)

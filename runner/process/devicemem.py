@@ -9,8 +9,7 @@ a GPU in `Ready.device_bytes`.
 Why: the gateway measures each runner's GPU memory through NVML by process id, but inside a
 container NVML lists host PIDs, which never match the runner's PID there; this report is what the
 pool falls back to (runner/supervisor/inventory.py `runner_gpu_memory`). It covers llama.cpp's own
-buffers,
-not the CUDA context (a few hundred MiB per process) that NVML would also count.
+buffers, not the CUDA context (a few hundred MiB per process) that NVML would also count.
 """
 
 from __future__ import annotations

@@ -59,8 +59,7 @@ MIN_PREFILL_CHUNK = 16
 MIN_COPY_TOKENS = 32  # a shared prefix worth copying another slot's cache for
 SEEDED_CHUNK = 64  # a seeded prompt is read in chunks aligned to this many positions
 # Restoring a saved prompt state (runner/process/promptcache.py) copies the whole state, reading a
-# token
-# costs a forward pass: a restore pays when it saves at least this many tokens, and its state
+# token costs a forward pass: a restore pays when it saves at least this many tokens, and its state
 # spans at most RESTORE_SPAN times the positions it saves (a memcpy per position is hundreds of
 # times cheaper than a forward pass per token, even for this tiny model on a fast CPU).
 MIN_RESTORE_TOKENS = 16
@@ -723,8 +722,8 @@ class Engine:
         return max(self._share(s, prompt) for s in self.slots)
 
     def _share(self, slot: Slot, prompt: list[int]) -> int:
-        """The longest start of `prompt` that `slot` serves: what it holds of it, as far back as
-        its sliding-window cache or a checkpoint of it reaches (runner/process/promptcache.py's
+        """The longest start of `prompt` that `slot` serves: what it holds of it, as far back as its
+        sliding-window cache or a checkpoint of it reaches (runner/process/promptcache.py's
         rule)."""
         n = common_prefix(slot.tokens, prompt)
         if not self.n_swa or n >= len(slot.tokens):

@@ -39,8 +39,8 @@ class State:
     n_tokens: int
     data: bytes | bytearray  # bytearray as the engine saves it, bytes as read from disk
     # Positions from 0 that were read in the seeded layout (runner/process/engine.py,
-    # `seeded_keep`):
-    # it travels with the state so a seeded request reuses no more than it could from a slot.
+    # `seeded_keep`): it travels with the state so a seeded request reuses no more than it could
+    # from a slot.
     canonical: int = 0
     partial: bool = False  # a checkpoint of the sliding-window layers only
     # The shortest prefix it can be cut back to: below it the sliding-window part no longer

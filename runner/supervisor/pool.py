@@ -7,14 +7,13 @@ ends its keep-alive timer starts, and when it fires that runner is stopped; repl
 one by one, and unloading a model stops all of them.
 
 Loading a model asks the supervisor's pure decisions (runner/supervisor/placement.py) over a fresh
-inventory:
-where it goes, how many slots it gets, and which idle runners must go first; busy runners are never
-evicted, the load waits for one to finish instead. Requests to loaded models never wait behind a
-load. A runner that died or stops answering health checks is dropped, and the next request starts
-a fresh one; a load that fails (out of memory) evicts the other idle runners and tries once more,
-and a runner that crashes while loading is started once more in the safe CPU configuration.
-Runners that compute on the CPU share its cores: each busy one gets its part as threads (unless
-the request set num_thread), told anew whenever a CPU runner starts or stops computing.
+inventory: where it goes, how many slots it gets, and which idle runners must go first; busy runners
+are never evicted, the load waits for one to finish instead. Requests to loaded models never wait
+behind a load. A runner that died or stops answering health checks is dropped, and the next request
+starts a fresh one; a load that fails (out of memory) evicts the other idle runners and tries once
+more, and a runner that crashes while loading is started once more in the safe CPU configuration.
+Runners that compute on the CPU share its cores: each busy one gets its part as threads (unless the
+request set num_thread), told anew whenever a CPU runner starts or stops computing.
 """
 
 from __future__ import annotations

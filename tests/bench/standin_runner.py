@@ -3,11 +3,10 @@
     python -m tests.bench.standin_runner --socket ipc://...
 
 It is `runner.process.worker.Worker` with the engine and intake replaced by a token source: every
-step
-each generating sequence gets one token (a short word), as a runner with a slot for every stream
-would produce them, as fast as the loop turns or every `CORRAL_STANDIN_STEP_MS` milliseconds.
-What the gateway receives is therefore exactly what a real runner sends (the same messages,
-encoded and sent by the same code), minus llama.cpp. Only the benchmark starts it.
+step each generating sequence gets one token (a short word), as a runner with a slot for every
+stream would produce them, as fast as the loop turns or every `CORRAL_STANDIN_STEP_MS` milliseconds.
+What the gateway receives is therefore exactly what a real runner sends (the same messages, encoded
+and sent by the same code), minus llama.cpp. Only the benchmark starts it.
 """
 
 from __future__ import annotations
