@@ -25,7 +25,7 @@ from runner.supervisor.pool import Leasing
 from shared import control as c
 from shared import protocol as p
 from shared.config import Settings
-from shared.errors import BadRequest, CorralError, RunnerError
+from shared.errors import CorralError, RunnerError
 
 log = logging.getLogger("corral.worker")
 
@@ -112,12 +112,8 @@ class RemotePool(Leasing[RemoteLease]):
 
     async def acquire(self, key: str, name: str, model: Any, load: p.Load,
                       keep_alive: float | None) -> RemoteLease:
-        try:
-            frame = p.encode(load)
-        except OverflowError:  # msgpack carries 64-bit integers; JSON numbers can be larger
-            raise BadRequest("a number in the request is out of range") from None
-        reply = await self._ask(c.Acquire(next(self._ids), key, name, model.name.full(), frame,
-                                          keep_alive))
+        reply = await self._ask(c.Acquire(next(self._ids), key, name, model.name.full(),
+                                          p.encode_request(load), keep_alive))
         assert isinstance(reply, c.Leased)
         ready = p.decode(reply.ready)
         assert isinstance(ready, p.Ready)

@@ -35,7 +35,7 @@ from gateway.sdnotify import Notifier, run_watchdog
 from gateway.server import stop_on_signals
 from gateway.team.ledger import Ledger, ledger_path
 from registry.store import Store
-from runner.supervisor.client import exit_reason
+from runner.supervisor.client import unexpected_exit
 from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import control as c
 from shared import protocol as p
@@ -163,7 +163,7 @@ class ControlServer:
             code = await runner.proc.wait()
             self._watched.discard(runner.endpoint)
             # The runner's own watcher may not have named the cause yet: the same words.
-            reason = runner.dead or f"runner process terminated unexpectedly ({exit_reason(code)})"
+            reason = runner.dead or unexpected_exit(code)
             gone = c.RunnerGone(runner.endpoint, reason)
             for worker in list(self._workers):
                 await self._send(worker, gone)

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from shared.errors import BadRequest
+
 MAX_TOP_LOGPROBS = 20  # most rivals per token that `Generate.logprobs` may ask for
 
 # --- gateway -> runner -------------------------------------------------------------------------
@@ -242,6 +244,15 @@ def register(*classes: type) -> None:
             raise ValueError(f"message tag {tag} is taken")
         _BY_TAG[tag] = cls
         _FIELDS[cls] = tuple(f.name for f in fields(cls))
+
+
+def encode_request(message: Message) -> bytes:
+    """`encode` for a message built from a client's request: a number msgpack cannot carry
+    (64 bits; JSON integers have no bound) is the client's error, a 400."""
+    try:
+        return encode(message)
+    except OverflowError:
+        raise BadRequest("a number in the request is out of range") from None
 
 
 def encode(message: Message) -> bytes:

@@ -26,7 +26,7 @@ import zmq
 
 from runner.cpusafety import crash_signal, describe_crash
 from shared import protocol as p
-from shared.errors import BadRequest, CorralError, RunnerError
+from shared.errors import CorralError, RunnerError
 
 log = logging.getLogger("corral.runner")
 
@@ -52,6 +52,11 @@ def exit_reason(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+def unexpected_exit(code: int) -> str:
+    """Why a runner that nobody stopped is gone, in the words every request on it ends with."""
+    return f"runner process terminated unexpectedly ({exit_reason(code)})"
 
 
 class _Inbox:
@@ -173,11 +178,7 @@ class RunnerConnection:
     async def _send(self, message: p.Message) -> None:
         if not self.alive or self._sock is None:
             raise RunnerError(self.dead or "runner is not running")
-        try:
-            frame = p.encode(message)
-        except OverflowError:  # msgpack carries 64-bit integers; JSON numbers can be larger
-            raise BadRequest("a number in the request is out of range") from None
-        await self._send_frame(frame)
+        await self._send_frame(p.encode_request(message))
 
     def _open(self) -> tuple[int, asyncio.Queue[p.Message]]:
         rid = next(self._request_ids)
@@ -320,7 +321,7 @@ class RunnerProcess(RunnerConnection):
         assert self.proc is not None
         code = await self.proc.wait()
         if self.dead is None:
-            self.dead = f"runner process terminated unexpectedly ({exit_reason(code)})"
+            self.dead = unexpected_exit(code)
             log.warning("%s: %s", self.name, self.dead)
         if self._load_reply and not self._load_reply.done():
             self._load_reply.set_result(p.Error(0, self.dead))
