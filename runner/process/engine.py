@@ -200,6 +200,7 @@ class Engine:
         llama_cpp.llama_backend_init()
         _return_large_blocks()
         self._piece_cache: dict[int, bytes] = {}
+        self._control_cache: dict[int, str] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
         mparams = llama_cpp.llama_model_default_params()
@@ -409,6 +410,16 @@ class Engine:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
             cached = self._piece_buf.raw[:n] if n > 0 else b""
             self._piece_cache[token] = cached
+        return cached
+
+    def control_text(self, token: int) -> str:
+        """A control token's text (`<|im_start|>`): never sent, but stop strings may name it
+        (runner/process/textstream.py). "" for any other token. Cached per token id."""
+        cached = self._control_cache.get(token)
+        if cached is None:
+            is_control = llama_cpp.llama_vocab_is_control(self.vocab, token)
+            cached = self._special_text(token) if is_control and not self.piece(token) else ""
+            self._control_cache[token] = cached
         return cached
 
     def _special_text(self, token: int) -> str:
@@ -876,7 +887,7 @@ class Engine:
         seq.last_token = token
         if seq.logprobs >= 0:  # only sequences that asked pay for the softmax
             seq.pending_logprobs.append(self._logprob_entry(index, token, seq.logprobs))
-        text, stopped = seq.text.push(self.piece(token))
+        text, stopped = seq.text.push(self.piece(token), self.control_text(token))
         if stopped and seq.logprobs >= 0:
             _drop_swallowed(seq.pending_logprobs, len(seq.text.dropped.encode()))
         if text:

@@ -1,0 +1,145 @@
+"""Model families through a live server (issue 26): tiny models of each family's architecture
+with its real special tokens, created with Ollama's template and stop parameters for it, and
+scripted to write exact text (tests/tinymodels.py), so that what the server does around the
+model's text is checked: stop strings naming special tokens, special tokens never printed, one
+BOS, /api/show, and for embedding-only models the 400s Ollama answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import LiveServer, start_server
+from tests.families import create
+from tests.tinymodels import (
+    CHAT_FAMILIES,
+    GEMMA2_FAMILY,
+    LLAMA,
+    PHI3_FAMILY,
+    QWEN2,
+    QWEN3_FAMILY,
+    Family,
+    token_id,
+)
+
+pytestmark = pytest.mark.e2e
+
+# A special token each family's Modelfile stops on that is not its end-of-generation token:
+# a model that writes it must stop there (Ollama's decoding matches it as text).
+STOP_SPECIAL = {LLAMA.name: "<|start_header_id|>", QWEN2.name: "<|im_start|>",
+                QWEN3_FAMILY.name: "<|im_start|>", PHI3_FAMILY.name: "<|user|>",
+                GEMMA2_FAMILY.name: "<start_of_turn>"}
+# A special token that neither ends the turn nor is a stop: it must go out as nothing.
+QUIET_SPECIAL = {LLAMA.name: "<|begin_of_text|>", QWEN2.name: "<|object_ref_start|>",
+                 QWEN3_FAMILY.name: "<|object_ref_start|>", PHI3_FAMILY.name: "<s>",
+                 GEMMA2_FAMILY.name: "<bos>"}
+IDS = [f.name for f in CHAT_FAMILIES]
+OPTS = {"temperature": 0, "num_predict": 12}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    models = tmp_path_factory.mktemp("family-models")
+    log = tmp_path_factory.mktemp("family-logs") / "serve.log"
+    live = start_server(models, log, OLLAMA_KEEP_ALIVE="5m", OLLAMA_MAX_LOADED_MODELS="4")
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("family-ggufs")
+
+
+def post(server: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=120)
+
+
+def stream_lines(server: LiveServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", server.url + path, json=body, timeout=120) as resp:
+        assert resp.status_code == 200, resp.read()
+        return [json.loads(line) for line in resp.iter_lines() if line]
+
+
+def chat(server: LiveServer, model: str, **extra: Any) -> dict[str, Any]:
+    resp = post(server, "/api/chat", {"model": model, "stream": False, "options": OPTS,
+                                      "messages": [{"role": "user", "content": "Hello"}],
+                                      **extra})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+# --- stop strings naming special tokens; special tokens never printed --------------------------
+
+
+@pytest.fixture(scope="module")
+def stop_models(server: LiveServer, ggufs: Path) -> dict[str, str]:
+    """Per family: a model that writes "Hi", " there", a special token its Modelfile stops on,
+    then "!"."""
+    return {f.name: create(server, f, ggufs, name=f"{f.name}-stop",
+                           script=["Hi", " there", STOP_SPECIAL[f.name], "!"])
+            for f in CHAT_FAMILIES}
+
+
+@pytest.mark.parametrize("family", CHAT_FAMILIES, ids=IDS)
+def test_a_stop_naming_a_special_token_fires(server: LiveServer, stop_models: dict[str, str],
+                                             family: Family) -> None:
+    model = stop_models[family.name]
+    reply = chat(server, model)
+    assert reply["message"]["content"] == "Hi there"
+    assert reply["done_reason"] == "stop"
+    lines = stream_lines(server, "/api/chat", {
+        "model": model, "options": OPTS, "messages": [{"role": "user", "content": "Hello"}]})
+    assert "".join(x["message"]["content"] for x in lines) == "Hi there"
+    assert lines[-1]["done"] and lines[-1]["done_reason"] == "stop"
+    generated = post(server, "/api/generate", {"model": model, "prompt": "Hello",
+                                               "stream": False, "options": OPTS}).json()
+    assert generated["response"] == "Hi there" and generated["done_reason"] == "stop"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], temperature=0,
+        max_tokens=12)
+    assert completion.choices[0].message.content == "Hi there"
+    assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("family", CHAT_FAMILIES, ids=IDS)
+def test_special_tokens_are_never_printed(server: LiveServer, ggufs: Path,
+                                          family: Family) -> None:
+    """A special token no stop names goes out as nothing; the end of turn ends the reply and
+    is not printed either."""
+    model = create(server, family, ggufs, name=f"{family.name}-special",
+                   script=["A", QUIET_SPECIAL[family.name], "B"])
+    for reply in (chat(server, model)["message"]["content"],
+                  "".join(x["response"] for x in stream_lines(server, "/api/generate", {
+                      "model": model, "prompt": "Hello", "options": OPTS}))):
+        assert reply == "AB"
+
+
+@pytest.mark.parametrize("family", CHAT_FAMILIES, ids=IDS)
+def test_one_bos_and_show(server: LiveServer, ggufs: Path, family: Family) -> None:
+    model = create(server, family, ggufs, name=f"{family.name}-plain", script=["ok"])
+    done = post(server, "/api/generate", {"model": model, "prompt": "Hello", "stream": False,
+                                          "options": OPTS}).json()
+    assert done["response"] == "ok"
+    bos = token_id(family, family.bos or "", ["ok"])
+    prompt = done["context"][:len(done["context"]) - done["eval_count"]]
+    # `context` holds no BOS (as Ollama's); the prompt had exactly one where the family adds it
+    assert bos not in prompt
+    assert done["prompt_eval_count"] == len(prompt) + (1 if family.add_bos else 0)
+    shown = post(server, "/api/show", {"model": model}).json()
+    assert shown["details"]["family"] == family.arch
+    assert shown["template"] == family.template
+    assert shown["capabilities"][0] == "completion"
+    assert ("tools" in shown["capabilities"]) == (".Tools" in family.template)
+    assert ("thinking" in shown["capabilities"]) == ("<think>" in family.template)
+    for stop in family.stops:
+        assert f'stop                           "{stop}"' in shown["parameters"]
