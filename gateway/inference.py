@@ -301,6 +301,14 @@ class Inference:
         team.check_model(name)  # 403 for a model the request's API key may not use
         return self.store.get(name)
 
+    @staticmethod
+    def check_completion(model: LocalModel, name: str, endpoint: str) -> None:
+        """An embedding-only model (BERT, nomic-bert: a pooling type and no causal head) cannot
+        generate: Ollama's 400, `"NAME" does not support generate` (or `chat`), on both APIs."""
+        caps = model.capabilities
+        if caps and "completion" not in caps:
+            raise BadRequest(f'"{name}" does not support {endpoint}')
+
     def job(self, model: LocalModel, raw_options: Any, keep_alive: Any,
             extra_options: dict[str, Any] | None = None) -> Job:
         requested = check_options(raw_options)

@@ -18,9 +18,11 @@ import pytest
 from tests.conftest import LiveServer, start_server
 from tests.families import create
 from tests.tinymodels import (
+    BERT,
     CHAT_FAMILIES,
     GEMMA2_FAMILY,
     LLAMA,
+    NOMIC_BERT,
     PHI3_FAMILY,
     QWEN2,
     QWEN3_FAMILY,
@@ -143,3 +145,33 @@ def test_one_bos_and_show(server: LiveServer, ggufs: Path, family: Family) -> No
     assert ("thinking" in shown["capabilities"]) == ("<think>" in family.template)
     for stop in family.stops:
         assert f'stop                           "{stop}"' in shown["parameters"]
+
+
+# --- embedding-only models -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embed_models(server: LiveServer, ggufs: Path) -> list[str]:
+    return [create(server, f, ggufs) for f in (BERT, NOMIC_BERT)]
+
+
+def test_embedding_only_models_refuse_generate_and_chat(server: LiveServer,
+                                                        embed_models: list[str]) -> None:
+    for model in embed_models:
+        for path, body, what in (
+                ("/api/generate", {"prompt": "hi"}, "generate"),
+                ("/api/generate", {}, "generate"),  # a load request too, as Ollama
+                ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}, "chat")):
+            resp = post(server, path, {"model": model, **body})
+            assert resp.status_code == 400, resp.text
+            assert resp.json() == {"error": f'"{model}" does not support {what}'}
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert info.value.body["message"] == f'"{model}" does not support chat'  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=model, prompt="hi")
+        assert info.value.body["message"] == f'"{model}" does not support generate'  # type: ignore[index]
+        shown = post(server, "/api/show", {"model": model}).json()
+        assert shown["capabilities"] == ["embedding"]

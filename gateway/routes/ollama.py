@@ -150,6 +150,7 @@ async def generate(request: Request) -> Response:
     if data.get("images"):
         raise BadRequest(f'"{name}" does not support images')
     think = inference.think_use(model, data.get("think"), name)
+    inference.check_completion(model, name, "generate")
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
 
@@ -211,6 +212,7 @@ async def chat(request: Request) -> Response:
     # tool_choice is corral's extra here (Ollama has it only on its OpenAI endpoint).
     tool_use = inference.tool_use(model, tools, check_tool_choice(data.get("tool_choice"), tools))
     think = inference.think_use(model, data.get("think"), name)
+    inference.check_completion(model, name, "chat")
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
 

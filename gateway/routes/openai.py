@@ -408,6 +408,7 @@ async def chat_completions(request: Request) -> Response:
                                   parallel=field(data, "parallel_tool_calls", bool, True))
     field(data, "user", str)  # accepted, as OpenAI does; not used
     think = inference.think_use(model, _think(data), name)
+    inference.check_completion(model, name, "chat")
     logprobs = _chat_logprobs(data)
     format_ = _response_format(data)
     jobs = _jobs(inference, model, data, _choices(data))
@@ -494,6 +495,7 @@ async def completions(request: Request) -> Response:
     name = data.get("model")
     model = inference.model(name)
     prompts = _prompts(data)
+    inference.check_completion(model, name, "generate")
     suffix = field(data, "suffix", str)
     echo = field(data, "echo", bool, False)
     top = field(data, "logprobs", int)
