@@ -193,10 +193,9 @@ def capabilities(info: GGUFInfo, template: str | None) -> list[str]:
     also consulted, since the runner may render with it.
     """
     caps = ["embedding" if info.has_pooling_type else "completion"]
-    if info.get("vision.block_count") is not None:
-        caps.append("vision")
-    if info.get("audio.block_count") is not None:
-        caps.append("audio")
+    # No "vision" or "audio" (Ollama's, for a vision or audio block): corral refuses images and
+    # audio on every API until it can serve them (issue #27), and a client that saw them
+    # advertised would offer uploads that all fail (see served()).
     texts = [t for t in (template, info.chat_template) if t]
     if any(_TOOLS_RE.search(t) for t in texts):
         caps.append("tools")
@@ -205,6 +204,15 @@ def capabilities(info: GGUFInfo, template: str | None) -> list[str]:
     if any(("<think>" in t and "</think>" in t) or ".Thinking" in t for t in texts):
         caps.append("thinking")
     return caps
+
+
+# What corral can serve of Ollama's capabilities; others (vision, audio) are never advertised.
+SERVED = ("completion", "embedding", "tools", "insert", "thinking")
+
+
+def served(caps: list[str]) -> list[str]:
+    """`caps` less what corral cannot serve yet (a model created elsewhere may list vision)."""
+    return [c for c in caps if c in SERVED]
 
 
 def config_fields(info: GGUFInfo) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.blobs import Blob, BlobWriter, blob_filename, fsync_dir, parse_digest
-from registry.gguf_info import GGUFInfo, read_gguf_safe
+from registry.gguf_info import GGUFInfo, read_gguf_safe, served
 from registry.gguf_info import capabilities as gguf_capabilities
 from registry.manifest import (
     MEDIA_ADAPTER,
@@ -173,14 +173,13 @@ class LocalModel:
     def capabilities(self) -> list[str]:
         stored = self.config.get("capabilities")
         if isinstance(stored, list) and stored:
-            return [str(c) for c in stored]  # set explicitly at create time (`info` override)
+            # set explicitly at create time (`info` override)
+            return served([str(c) for c in stored])
         info = self.gguf
         if info is None:
             return []
-        caps = gguf_capabilities(info, self.template)
-        if self.projector_paths and "vision" not in caps:
-            caps.append("vision")
-        return caps
+        # A projector layer would make it "vision" in Ollama; not until images can be served.
+        return gguf_capabilities(info, self.template)
 
     def display(self) -> str:
         return self.name.display()

@@ -6,6 +6,7 @@ BOS, /api/show, and for embedding-only models the 400s Ollama answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,18 @@ def test_embedding_only_models_refuse_generate_and_chat(server: LiveServer,
         assert info.value.body["message"] == f'"{model}" does not support generate'  # type: ignore[index]
         shown = post(server, "/api/show", {"model": model}).json()
         assert shown["capabilities"] == ["embedding"]
+
+
+# --- vision is not advertised while images are refused -----------------------------------------
+
+
+def test_vision_is_not_advertised_while_images_are_refused(server: LiveServer,
+                                                           ggufs: Path) -> None:
+    family = dataclasses.replace(LLAMA, extra_kv={**LLAMA.extra_kv, "vision.block_count": 2})
+    model = create(server, family, ggufs, name="tiny-llama3-vision")
+    shown = post(server, "/api/show", {"model": model}).json()
+    assert "vision" not in shown["capabilities"]
+    assert shown["model_info"]["llama.vision.block_count"] == 2  # the GGUF does say it
+    listed = httpx.get(server.url + "/api/tags").json()["models"]
+    entry = next(m for m in listed if m["name"].startswith(model))
+    assert "vision" not in entry.get("capabilities", [])
