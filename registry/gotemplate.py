@@ -302,6 +302,8 @@ def _go_json(value: Any) -> str:
     """json.Marshal: compact, HTML-escaped like Go's encoder; integral floats as integers."""
 
     def plain(v: Any) -> Any:
+        if isinstance(v, PropertyType):
+            return v[0] if len(v) == 1 else list(v)
         if isinstance(v, GoStruct):
             return plain(v.json_value) if v.json_value is not None else {k: plain(x)
                                                                          for k, x in v.items()}
@@ -334,8 +336,10 @@ def _print_value(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         return go_float(value)
+    if isinstance(value, PropertyType):
+        return value[0] if len(value) == 1 else "[" + " ".join(value) + "]"
     if isinstance(value, GoStruct):
-        if value.json_value is not None:
+        if value.json_value is not None and not isinstance(value, _PropertyStruct):
             return _go_json(value.json_value)
         return "{" + " ".join(_print_value(v) for v in value.values()) + "}"
     if isinstance(value, GoJSONMap | GoJSONList):
@@ -550,7 +554,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
 }
 _LAZY_FUNCS = ("and", "or")
 # Go built-ins and Ollama helpers that this renderer does not implement.
-_UNSUPPORTED_FUNCS = ("html", "js", "urlquery", "call", "toTypeScriptType")
+_UNSUPPORTED_FUNCS = ("html", "js", "urlquery", "call")
 _UNSUPPORTED_KEYWORDS = ("define", "template", "block")
 
 # Every field an Ollama template can reach (template.Values, api.Message, tool types).
@@ -558,7 +562,7 @@ KNOWN_FIELDS = frozenset({
     "System", "Prompt", "Response", "Suffix", "Messages", "Tools", "Think", "ThinkLevel",
     "IsThinkSet", "Role", "Content", "Thinking", "Images", "ToolCalls", "ToolName",
     "ToolCallID", "ID", "Function", "Index", "Name", "Arguments", "Type", "Description",
-    "Parameters", "Required", "Properties", "Defs", "Items", "Enum",
+    "Parameters", "Required", "Properties", "Defs", "Items", "Enum", "AnyOf",
 })
 _MAP_FIELDS = frozenset({"Arguments", "Properties", "Defs"})  # keys below these are free-form
 
@@ -1147,13 +1151,24 @@ def _struct(json_value: Any = None, **fields: Any) -> GoStruct:
     return s
 
 
+def _sorted_json(value: Any) -> Any:
+    """A decoded JSON value with every object's keys sorted, as Go marshals a map[string]any."""
+    if isinstance(value, dict):
+        return {str(k): _sorted_json(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [_sorted_json(v) for v in value]
+    return value
+
+
 def _json_map(value: Any) -> GoJSONMap:
+    """A tool call's arguments as Ollama's templateArgs: a Go map, so printed and ranged over
+    with sorted keys, nested objects sorted too."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
             value = {}
-    return GoJSONMap(value if isinstance(value, dict) else {})
+    return GoJSONMap(_sorted_json(value) if isinstance(value, dict) else {})
 
 
 def _tool_call(call: Any, index: int) -> GoStruct:
@@ -1187,40 +1202,115 @@ def _message(m: dict[str, Any]) -> GoStruct:
     )
 
 
+class _PropertyStruct(GoStruct):
+    """api.ToolProperty has no String method: it prints as Go prints a struct, field by field;
+    `json` gives its JSON."""
+
+
+class PropertyType(list):
+    """Ollama's api.PropertyType: a tool property's `type`, always a list of strings (a
+    request's "string" becomes ["string"]), so templates `range` over it and `index` it. It
+    prints as its one type, or as Go prints a []string when there are several."""
+
+
+def _property_type(raw: Any) -> PropertyType:
+    if isinstance(raw, str):
+        return PropertyType([raw])
+    if isinstance(raw, list):
+        return PropertyType(str(t) for t in raw)
+    return PropertyType()
+
+
+def _omit_empty(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A Go struct's JSON with `omitempty` on every field: nil, "", and empty lists go."""
+    return {k: v for k, v in pairs if v is not None and v != "" and v != []}
+
+
 def _property(p: Any) -> GoStruct:
+    """An api.ToolProperty: fixed fields, unknown keys dropped; its JSON (all fields omitempty)
+    in the struct's order, nested properties in the order sent (Ollama's ordered map)."""
     p = p if isinstance(p, dict) else {}
-    return _struct(
-        p,
-        Type=p.get("type", ""),
-        Items=p.get("items"),
-        Description=str(p.get("description") or ""),
-        Enum=list(p.get("enum") or []),
-        Properties=GoJSONMap({k: _property(v) for k, v in (p.get("properties") or {}).items()}),
-    )
+    any_of = [_property(x) for x in p.get("anyOf") or [] if isinstance(x, dict)]
+    kind = _property_type(p.get("type"))
+    enum = list(p.get("enum") or [])
+    required = [str(r) for r in p.get("required") or []]
+    nested = p.get("properties") if isinstance(p.get("properties"), dict) else None
+    props = GoJSONMap({str(k): _property(v) for k, v in nested.items()}) if nested else None
+    shown = _omit_empty([
+        ("anyOf", [x.json_value for x in any_of]),
+        ("type", kind[0] if len(kind) == 1 else list(kind)),
+        ("items", p.get("items")),
+        ("description", str(p.get("description") or "")),
+        ("enum", enum),
+        ("properties", {k: v.json_value for k, v in props.items()} if props is not None
+         else None),
+        ("required", required),
+    ])
+    prop = _PropertyStruct(AnyOf=any_of, Type=kind, Items=p.get("items"),
+                           Description=str(p.get("description") or ""), Enum=enum,
+                           Properties=props, Required=required)
+    prop.json_value = shown
+    return prop
 
 
 def _tool(tool: Any) -> GoStruct:
+    """Ollama's templateTool: the request's tool rebuilt as fixed structs, so it prints with
+    the structs' field order, `description` and `parameters.type`/`properties` always present
+    ("" or null), unknown keys dropped, and the properties a Go map (sorted keys)."""
     tool = tool if isinstance(tool, dict) else {}
     fn = tool.get("function") if isinstance(tool.get("function"), dict) else {}
     params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
-    props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+    props = params.get("properties") if isinstance(params.get("properties"), dict) else None
+    # (absent: a nil map, which prints as {} and marshals as null)
+    properties = GoJSONMap({str(k): _property(props[k]) for k in sorted(props or {}, key=str)})
+    required = [str(r) for r in params.get("required") or []]
+    defs = params.get("$defs")
+    param_json = {"type": str(params.get("type") or "")}
+    param_json.update(_omit_empty([("$defs", defs), ("items", params.get("items")),
+                                   ("required", required)]))
+    param_json["properties"] = ({k: v.json_value for k, v in properties.items()}
+                                if props is not None else None)
+    fn_json = {"name": str(fn.get("name") or ""),
+               "description": str(fn.get("description") or ""), "parameters": param_json}
+    tool_json = {"type": str(tool.get("type") or ""),
+                 **_omit_empty([("items", tool.get("items"))]), "function": fn_json}
     return _struct(
-        tool,
-        Type=str(tool.get("type") or "function"),
+        tool_json,
+        Type=tool_json["type"],
+        Items=tool.get("items"),
         Function=_struct(
-            fn,
-            Name=str(fn.get("name") or ""),
-            Description=str(fn.get("description") or ""),
+            fn_json,
+            Name=fn_json["name"],
+            Description=fn_json["description"],
             Parameters=_struct(
-                params,
-                Type=str(params.get("type") or ""),
-                Defs=GoJSONMap(params.get("$defs") or params.get("defs") or {}),
+                param_json,
+                Type=param_json["type"],
+                Defs=defs,
                 Items=params.get("items"),
-                Required=list(params.get("required") or []),
-                Properties=GoJSONMap({k: _property(v) for k, v in props.items()}),
+                Required=required,
+                Properties=properties,
             ),
         ),
     )
+
+
+def _ts_type(kind: str) -> str:
+    return {"string": "string", "number": "number", "integer": "number", "boolean": "boolean",
+            "array": "any[]", "object": "Record<string, any>", "null": "null"}.get(kind, "any")
+
+
+def _to_typescript_type(value: Any) -> str:
+    """Ollama's toTypeScriptType: a tool property's type as TypeScript (harmony's tools)."""
+    if not (isinstance(value, GoStruct) and "AnyOf" in value):
+        return "any"
+    if value["AnyOf"]:
+        return " | ".join(_to_typescript_type(x) for x in value["AnyOf"])
+    if not value["Type"]:
+        return "any"
+    return " | ".join(_ts_type(t) for t in value["Type"])
+
+
+_FUNCS["toTypeScriptType"] = _to_typescript_type
 
 
 def _values(**fields: Any) -> GoStruct:

@@ -369,6 +369,74 @@ def test_tool_call_arguments_print_as_json_and_index_as_a_map() -> None:
     assert render_chat(tpl, msgs) == '{"city":"Paris"} Paris <no value>'
 
 
+# --- tools as Ollama's fixed structs (issue 26) ----------------------------------------------
+
+# The part of Ollama's gpt-oss template that lists a tool's parameters: it ranges over a
+# property's `type` and indexes it (Ollama's api.PropertyType is a list of strings).
+GPT_OSS_PARAMS = """{{- range .Tools }}type {{ .Function.Name }} = (_: {
+{{- range $name, $prop := .Function.Parameters.Properties }}
+{{- if $prop.Description }}
+// {{ $prop.Description }}
+{{- end }}
+{{ $name }}: {{ if gt (len $prop.Type) 1 }}{{ range $i, $t := $prop.Type }}{{ if $i }} | {{ end }}{{ $t }}{{ end }}{{ else }}{{ index $prop.Type 0 }}{{ end }},
+{{- end }}
+}) => any;
+{{ end }}"""
+
+
+def test_a_property_type_is_a_list_of_strings() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {
+            "unit": {"type": "string", "description": "C or F"},
+            "days": {"type": ["integer", "null"]}}}}}
+    check(GPT_OSS_PARAMS)  # accepted at create
+    assert render_chat(GPT_OSS_PARAMS, [{"role": "user", "content": "x"}], tools=[tool]) == (
+        "type f = (_: {\ndays: integer | null,\n// C or F\nunit: string,\n}) => any;\n")
+    tpl = "{{ range .Tools }}{{ range .Function.Parameters.Properties }}[{{ .Type }}]{{ end }}{{ end }}"
+    assert render_chat(tpl, [], tools=[tool]) == "[[integer null]][string]"
+
+
+def test_tools_print_as_ollamas_structs() -> None:
+    """Field order fixed, description/parameters.type/properties always there, unknown keys
+    dropped, properties with sorted keys; a property's own fields omitted when empty."""
+    tool = {"function": {"parameters": {"properties": {
+                "zeta": {"type": "string", "x-extra": 1, "description": "z"},
+                "alpha": {"enum": ["a", "b"], "type": "string"}},
+            "required": ["zeta"], "additionalProperties": False, "type": "object"},
+            "name": "f", "strict": True}, "type": "function"}
+    bare = {"type": "function", "function": {"name": "g"}}
+    assert render_chat("{{ .Tools }}", [{"role": "user", "content": "x"}],
+                       tools=[tool, bare]) == (
+        '[{"type":"function","function":{"name":"f","description":"","parameters":{'
+        '"type":"object","required":["zeta"],"properties":{"alpha":{"type":"string",'
+        '"enum":["a","b"]},"zeta":{"type":"string","description":"z"}}}}},'
+        '{"type":"function","function":{"name":"g","description":"","parameters":{'
+        '"type":"","properties":null}}}]')
+    one = "{{ range .Tools }}{{ . }}|{{ .Function.Parameters.Properties }}{{ end }}"
+    assert render_chat(one, [], tools=[bare]) == (
+        '{"type":"function","function":{"name":"g","description":"","parameters":{'
+        '"type":"","properties":null}}}|{}')
+
+
+def test_tool_call_arguments_print_with_sorted_keys() -> None:
+    call = {"function": {"name": "f", "arguments": {"b": 1, "a": {"y": 2, "x": 1}}}}
+    msgs = [{"role": "assistant", "content": "", "tool_calls": [call]}]
+    tpl = ("{{ range .Messages }}{{ range .ToolCalls }}{{ .Function.Arguments }} "
+           "{{ range $k, $v := .Function.Arguments }}{{ $k }};{{ end }}{{ end }}{{ end }}")
+    assert render_chat(tpl, msgs) == '{"a":{"x":1,"y":2},"b":1} a;b;'
+
+
+def test_to_typescript_type() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {
+            "a": {"type": ["integer", "null"]}, "b": {"type": "array"}, "c": {},
+            "d": {"anyOf": [{"type": "string"}, {"type": "object"}]}}}}}
+    tpl = ("{{ range .Tools }}{{ range $n, $p := .Function.Parameters.Properties }}"
+           "{{ $n }}={{ toTypeScriptType $p }};{{ end }}{{ end }}")
+    assert render_chat(tpl, [], tools=[tool]) == (
+        "a=number | null;b=any[];c=any;d=string | Record<string, any>;")
+
+
 def test_cut_after_response_inside_a_branch() -> None:
     tpl = "{{ if .Prompt }}U:{{ .Prompt }} A:{{ .Response }} END{{ end }} TAIL"
     assert render_chat(tpl, [{"role": "user", "content": "q"}]) == "U:q A:"
@@ -394,7 +462,6 @@ def test_passthrough_detection() -> None:
     ('{{ template "x" }}', "{{template}} is not supported"),
     ('{{ define "x" }}{{ end }}', "{{define}} is not supported"),
     ("{{ block \"x\" . }}{{ end }}", "{{block}} is not supported"),
-    ("{{ toTypeScriptType .Tools }}", 'function "toTypeScriptType" is not supported'),
     ("{{ html .System }}", 'function "html" is not supported'),
     ("{{ .Bogus }}", 'unknown field ".Bogus"'),
     ("{{ .System .Prompt }}", "can't give argument to non-function"),
