@@ -5,6 +5,7 @@ their own."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -108,12 +109,32 @@ def test_kv_is_full_length_only_on_full_attention_layers() -> None:
 
 
 def test_compute_is_the_logits_of_a_micro_batch_or_its_activations() -> None:
+    mask = 2 * 512 * 4096  # the micro-batch's f16 attention mask against a slot's cells
     big_vocab = estimate(tiny(n_vocab=262144), num_ctx=4096, parallel=1, num_batch=512)
-    assert big_vocab.compute == 512 * (4 * 262144 + 8 * 4096)
+    assert big_vocab.compute == mask + 512 * (4 * 262144 + 8 * 4096)
     # A small vocabulary and a wide model: the feed-forward activations are the larger graph.
     small = estimate(tiny(n_vocab=1000), num_ctx=4096, parallel=1, num_batch=512)
-    assert small.compute == 4 * 512 * (3 * 14336 + 8 * 4096) == small.host_compute
+    assert small.compute == mask + 4 * 512 * (14336 + 2 * 4096) == small.host_compute
+    # Sliding-window layers add a mask of the window's cells (1024 + 512 here).
+    windowed = estimate(tiny((True, True, True, False), 1024, n_vocab=262144), num_ctx=4096,
+                        parallel=1, num_batch=512)
+    assert windowed.compute == big_vocab.compute + 2 * 512 * 1536
     # On the CPU a runner holds activations, not a micro-batch of logits.
     assert big_vocab.host_compute < big_vocab.compute
     assert big_vocab.host_total - big_vocab.total == \
         big_vocab.host_compute - big_vocab.compute + big_vocab.output + big_vocab.runtime
+
+
+def test_an_encoder_has_no_kv_cache_and_no_slots_to_pay_for() -> None:
+    """An embedding-only model: llama.cpp allocates no KV cache; the runner holds one
+    micro-batch's graph and its embedding context's (the whole context in one micro-batch,
+    attention mask quadratic in it)."""
+    encoder = dataclasses.replace(tiny(), embedding_only=True, n_ff=3072, n_embd=768)
+    one = estimate(encoder, num_ctx=2048, parallel=1, num_batch=512)
+    assert one.kv == 0
+    assert one == estimate(encoder, num_ctx=2048, parallel=4, num_batch=512)
+    graph = [2 * n * n + 4 * n * (3 * 3072 + 768) for n in (512, 2048)]
+    assert one.compute == sum(graph)
+    assert one.host_compute == sum(4 * n * (3 * 3072 + 768) for n in (512, 2048))
+    assert estimate(encoder, num_ctx=16384, parallel=1).compute == \
+        estimate(encoder, num_ctx=8192, parallel=1).compute  # the embedding context's cap

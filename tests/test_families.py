@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveServer, start_server
+from tests.conftest import ROOT, LiveServer, start_server
 from tests.families import create
 from tests.tinymodels import (
     BERT,
@@ -191,3 +193,34 @@ def test_vision_is_not_advertised_while_images_are_refused(server: LiveServer,
     listed = httpx.get(server.url + "/api/tags").json()["models"]
     entry = next(m for m in listed if m["name"].startswith(model))
     assert "vision" not in entry.get("capabilities", [])
+
+
+# --- the memory estimate per architecture --------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", CHAT_FAMILIES + [BERT, NOMIC_BERT],
+                         ids=[f.name for f in CHAT_FAMILIES + [BERT, NOMIC_BERT]])
+def test_plan_is_within_15_percent_of_the_loaded_runner(server: LiveServer, ggufs: Path,
+                                                        family: Family) -> None:
+    """`corral plan` against the runner the server loaded: llama.cpp's buffers as it logged
+    them (what a GPU would hold: weights, KV cache, compute) and the runner's RSS on the CPU.
+    Grouped-query attention (all), a sliding window (gemma2), encoders without a KV cache."""
+    model = create(server, family, ggufs, name=f"{family.name}-plan", script=["ok"]
+                   if family.pooling == 0 else None)
+    if family.pooling:
+        resp = post(server, "/api/embed", {"model": model, "input": ["hello world"]})
+    else:
+        resp = post(server, "/api/generate", {"model": model, "prompt": "Hello",
+                                              "stream": False, "options": OPTS})
+    assert resp.status_code == 200, resp.text
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", model, "--json"],
+                          env=server.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    need, measured = plan["estimate"], plan["measured"]
+    buffers = measured["buffers"]
+    if family.pooling:
+        assert need["kv"] == 0 and "kv" not in buffers  # llama.cpp allocates none
+    held = buffers["weights"] + buffers.get("kv", 0) + buffers["compute"]
+    assert abs(need["total"] - held) <= 0.15 * held, (need, buffers)
+    assert abs(need["host_total"] - measured["rss"]) <= 0.15 * measured["rss"], (need, measured)

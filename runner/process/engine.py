@@ -284,6 +284,10 @@ class Engine:
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
         self._token_s = 0.0  # seconds per batch token, measured (moving average)
         self._warm_up(load.safe_cpu)
+        if self.meta(f"{self.architecture}.pooling_type") is not None:
+            # An embedding-only model does nothing else: its embedding context is made (and its
+            # memory counted, runner/supervisor/estimate.py) at load, not by the first request.
+            self.embedder()
 
     def _warm_up(self, safe: bool) -> None:
         """Decode one token before reporting ready, so that a build that crashes on this machine

@@ -29,8 +29,11 @@ if TYPE_CHECKING:  # the runner imports this module for kv_bytes: no GGUF parser
     from registry.gguf_info import GGUFInfo
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
-RUNNER_BASE = 45 * 1024**2  # a runner process before it loads a model (Python, llama.cpp, numpy)
+RUNNER_BASE = 55 * 1024**2  # a runner process before it loads a model (Python, llama.cpp, numpy,
+# zmq): measured as a live runner's RSS with a tiny model (tests/test_families.py)
 VOCAB_BYTES = 352  # llama.cpp's vocabulary tables per token (measured: Gemma 3, 262k tokens)
+EMBED_CTX_MAX = 8192  # an embedding context's size cap (runner/process/embedding.py)
+EMBED_SEQUENCES = 64  # inputs per embedding decode (runner/process/embedding.py)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class ModelShape:
     context_length: int
     embedding_only: bool
     n_ff: int = 0  # feed-forward width (the largest, where layers differ)
+    gated_ffn: bool = False  # a gate beside the up projection (SwiGLU, GeGLU): more activations
     n_swa: int = 0  # sliding window in tokens; 0 = none
     swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window
 
@@ -112,6 +116,7 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
         context_length=info.context_length,
         embedding_only=info.has_pooling_type,
         n_ff=_largest(info.get("feed_forward_length")),
+        gated_ffn=any(".ffn_gate." in t["name"] for t in info.tensors),
         n_swa=n_swa,
         swa_layers=swa_layers,
     )
@@ -147,8 +152,44 @@ def kv_cells(shape: ModelShape, *, num_ctx: int, num_batch: int = 512,
     return num_ctx, swa
 
 
+def _encoder_activations(shape: ModelShape, n_tokens: int) -> int:
+    """The feed-forward activations of a non-causal graph over `n_tokens` (measured on tiny
+    BERT and nomic-bert models, tests/test_families.py)."""
+    return 4 * n_tokens * ((5 if shape.gated_ffn else 3) * shape.n_ff + shape.n_embd)
+
+
+def _encoder_graph(shape: ModelShape, n_tokens: int) -> int:
+    """The compute buffer of a non-causal graph over `n_tokens` that attend to each other (no
+    cache): their f16 attention mask (n_tokens x n_tokens) and the activations."""
+    return 2 * n_tokens * n_tokens + _encoder_activations(shape, n_tokens)
+
+
+def _encoder_estimate(shape: ModelShape, *, num_ctx: int, parallel: int,
+                      num_batch: int) -> Estimate:
+    """An embedding-only model (BERT, nomic-bert: a pooling type, no causal head): llama.cpp
+    allocates no KV cache for it. The runner holds its decode context's graph (one micro-batch)
+    and the embedding context it makes at load: one micro-batch of the whole context
+    (runner/process/embedding.py), so that an input is pooled within one decode. Slots add
+    nothing."""
+    ubatch = min(num_batch, num_ctx * parallel)
+    embed_ctx = min(num_ctx, EMBED_CTX_MAX)
+    compute = _encoder_graph(shape, ubatch) + _encoder_graph(shape, embed_ctx)
+    return Estimate(
+        weights=shape.weights, kv=0, compute=compute,
+        # on the CPU the masks are filled only as far as the inputs reach
+        host_compute=_encoder_activations(shape, ubatch) + _encoder_activations(shape,
+                                                                                embed_ctx),
+        layer_bytes=shape.layer_bytes, other_bytes=shape.other_bytes,
+        # the embedding context's outputs: a row of n_vocab + n_embd floats per sequence
+        output=4 * EMBED_SEQUENCES * (shape.n_vocab + shape.n_embd),
+        runtime=RUNNER_BASE + VOCAB_BYTES * shape.n_vocab,
+    )
+
+
 def estimate(shape: ModelShape, *, num_ctx: int, parallel: int, kv_cache_type: str = "f16",
              num_batch: int = 512, swa_full: bool = False) -> Estimate:
+    if shape.embedding_only:
+        return _encoder_estimate(shape, num_ctx=num_ctx, parallel=parallel, num_batch=num_batch)
     per_elem = KV_BYTES_PER_ELEMENT.get(kv_cache_type, 2.0)
     full, window = kv_cells(shape, num_ctx=num_ctx, num_batch=num_batch, swa_full=swa_full)
     per_cell = shape.n_kv_heads * (shape.key_length + shape.value_length) * per_elem * parallel
@@ -157,9 +198,14 @@ def estimate(shape: ModelShape, *, num_ctx: int, parallel: int, kv_cache_type: s
     ubatch = min(num_batch, num_ctx * parallel)
     # llama.cpp reserves the graph of a full micro-batch with every row an output: its logits
     # plus a norm's worth of activations (measured: 514.5 MiB for Gemma 3 at ubatch 512), or,
-    # for a small vocabulary, the feed-forward activations of the micro-batch.
+    # for a small vocabulary, the feed-forward activations of the micro-batch; and the f16
+    # attention mask of the micro-batch against a slot's cells, one for the full-attention
+    # layers and one for the sliding-window ones (measured on the tiny family models, where it
+    # is most of the buffer: 2 MiB of 3 at num_ctx 2048).
     activations = 4 * ubatch * (3 * shape.n_ff + 8 * shape.n_embd)
-    compute = max(ubatch * (4 * shape.n_vocab + 8 * shape.n_embd), activations)
+    mask = 2 * ubatch * ((full if not all(swa) else 0) + (window if any(swa) else 0))
+    compute = mask + max(ubatch * (4 * shape.n_vocab + 8 * shape.n_embd),
+                         4 * ubatch * (shape.n_ff + 2 * shape.n_embd))
     return Estimate(
         weights=shape.weights,
         kv=sum(kv_layers),
