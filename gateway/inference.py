@@ -7,6 +7,7 @@ nothing in this module knows about either wire format.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -300,6 +301,19 @@ class Inference:
             raise BadRequest("model is required")
         team.check_model(name)  # 403 for a model the request's API key may not use
         return self.store.get(name)
+
+    @staticmethod
+    def with_template(model: LocalModel, text: str) -> LocalModel:
+        """The model with a request's own `template` (/api/generate's field) in place of its
+        TEMPLATE, as Ollama renders it; checked like one given at create. Same runner."""
+        try:
+            gotemplate.check(text)
+        except gotemplate.TemplateError as exc:
+            raise BadRequest(f"template error: {exc}") from None
+        model.capabilities  # noqa: B018 - the model's own, cached before the copy
+        copied = copy.copy(model)
+        copied.__dict__["template"] = text  # (a cached_property: the copy's own value)
+        return copied
 
     @staticmethod
     def check_completion(model: LocalModel, name: str, endpoint: str) -> None:

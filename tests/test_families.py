@@ -195,7 +195,7 @@ def test_vision_is_not_advertised_while_images_are_refused(server: LiveServer,
     assert "vision" not in entry.get("capabilities", [])
 
 
-# --- the memory estimate per architecture --------------------------------------------------------
+# --- the memory estimate per architecture --------------------------------------------------
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES + [BERT, NOMIC_BERT],
@@ -224,3 +224,25 @@ def test_plan_is_within_15_percent_of_the_loaded_runner(server: LiveServer, gguf
     held = buffers["weights"] + buffers.get("kv", 0) + buffers["compute"]
     assert abs(need["total"] - held) <= 0.15 * held, (need, buffers)
     assert abs(need["host_total"] - measured["rss"]) <= 0.15 * measured["rss"], (need, measured)
+
+
+# --- /api/generate's own template ------------------------------------------------------------
+
+
+def test_generate_renders_with_the_request_template(server: LiveServer, ggufs: Path) -> None:
+    """The request's `template` replaces the model's for that request (Ollama's), `.System`
+    and `.Prompt` included; the model's own stays for other requests. (The tiny Llama's
+    vocabulary is byte-level: one token per character here.)"""
+    model = create(server, LLAMA, ggufs, name="tiny-llama3-template", script=["ok"])
+    body = {"model": model, "prompt": "Hi", "system": "S", "stream": False, "options": OPTS}
+    done = post(server, "/api/generate", {**body, "template": "[{{ .System }}|{{ .Prompt }}]\n"}
+                ).json()
+    assert done["response"] == "ok"
+    prompt = done["context"][:len(done["context"]) - done["eval_count"]]
+    assert prompt == [token_id(LLAMA, c, ["ok"]) for c in "[S|Hi]\n"]
+    plain = post(server, "/api/generate", body).json()
+    assert len(plain["context"]) > len(done["context"]) + 5  # the model's Llama 3 turns
+    bad = post(server, "/api/generate", {**body, "template": "{{ .Prompt "})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("template error: ")
+    raw = post(server, "/api/generate", {**body, "system": None, "raw": True, "template": "x"})
+    assert raw.status_code == 400

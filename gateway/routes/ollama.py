@@ -151,6 +151,8 @@ async def generate(request: Request) -> Response:
         raise BadRequest(f'"{name}" does not support images')
     think = inference.think_use(model, data.get("think"), name)
     inference.check_completion(model, name, "generate")
+    if template := field(data, "template", str):  # the request's, in place of the model's
+        model = inference.with_template(model, template)
     job = inference.job(model, data.get("options"), data.get("keep_alive"))
     created = rfc3339_nano
 
