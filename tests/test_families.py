@@ -246,3 +246,61 @@ def test_generate_renders_with_the_request_template(server: LiveServer, ggufs: P
     assert bad.status_code == 400 and bad.json()["error"].startswith("template error: ")
     raw = post(server, "/api/generate", {**body, "system": None, "raw": True, "template": "x"})
     assert raw.status_code == 400
+
+
+# --- embedding-only models: the three embedding APIs ---------------------------------------
+
+
+def reference_vectors(path: Path, texts: list[str]) -> list[list[float]]:
+    """llama-cpp-python's own Llama.embed on the same GGUF (its pooling, normalised), in a
+    process of its own."""
+    code = ("import json, sys, llama_cpp\n"
+            "llm = llama_cpp.Llama(sys.argv[1], embedding=True, n_ctx=512, verbose=False)\n"
+            "print(json.dumps(llm.embed(json.loads(sys.argv[2]), normalize=True)))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(texts)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+
+
+@pytest.mark.parametrize("family", [BERT, NOMIC_BERT], ids=[BERT.name, NOMIC_BERT.name])
+def test_embedding_models_on_all_three_apis(server: LiveServer, ggufs: Path,
+                                            family: Family) -> None:
+    model = create(server, family, ggufs, name=f"{family.name}-apis")
+    texts = ["hello world", "the river and the bridge", "rain in town"]
+    expected = reference_vectors(ggufs / f"{model}.gguf", texts)
+    body = post(server, "/api/embed", {"model": model, "input": texts}).json()
+    assert all(close(v, e) for v, e in zip(body["embeddings"], expected, strict=True))
+    assert body["prompt_eval_count"] > 3 * 2  # [CLS] and [SEP] around each input
+    legacy = post(server, "/api/embeddings", {"model": model, "prompt": texts[1]}).json()
+    norm = sum(v * v for v in legacy["embedding"]) ** 0.5
+    assert close([v / norm for v in legacy["embedding"]], expected[1])  # not normalised
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    data = client.embeddings.create(model=model, input=texts).data
+    assert all(close(d.embedding, e) for d, e in zip(data, expected, strict=True))
+    # Matryoshka: the first `dimensions` values, normalised again
+    short = post(server, "/api/embed", {"model": model, "input": texts[0],
+                                        "dimensions": 8}).json()["embeddings"][0]
+    head = expected[0][:8]
+    scale = sum(v * v for v in head) ** 0.5
+    assert close(short, [v / scale for v in head])
+    assert close(client.embeddings.create(model=model, input=texts[0], dimensions=8)
+                 .data[0].embedding, short)
+
+
+def test_an_embedding_input_longer_than_the_context(server: LiveServer, ggufs: Path) -> None:
+    model = create(server, BERT, ggufs, name="tiny-bert-short", parameters={"num_ctx": 16})
+    long_text = " ".join(["river"] * 40)
+    refused = post(server, "/api/embed", {"model": model, "input": long_text,
+                                          "truncate": False})
+    assert refused.status_code == 400, refused.text
+    assert "context length" in refused.json()["error"]
+    cut = post(server, "/api/embed", {"model": model, "input": long_text}).json()
+    assert cut["prompt_eval_count"] == 16  # num_ctx as asked (llama.cpp's context is 256)
+    # cut to [CLS] + 14 words + [SEP], as Ollama's truncation of the text gives
+    expected = reference_vectors(ggufs / f"{model}.gguf", [" ".join(["river"] * 14)])
+    assert close(cut["embeddings"][0], expected[0])

@@ -24,6 +24,20 @@ N_FF = 128
 N_LAYER = 2
 N_CTX_TRAIN = 4096
 
+
+
+@dataclass(frozen=True)
+class Dims:
+    """A model's size: the tests' tiny default, or larger for benchmarks."""
+
+    n_embd: int = N_EMBD
+    n_head: int = N_HEAD
+    n_head_kv: int = N_HEAD_KV
+    n_ff: int = N_FF
+    n_layer: int = N_LAYER
+    n_ctx_train: int = N_CTX_TRAIN
+
+
 # gguf token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
 
@@ -372,7 +386,7 @@ def _vocab(family: Family, script: list[str] = ()  # type: ignore[assignment]
 
 
 def _tensors(family: Family, n_vocab: int, rng: np.random.Generator,
-             chain: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+             chain: list[tuple[int, int]], dims: Dims) -> dict[str, np.ndarray]:
     """Random weights; with a `chain` of (token, next token) pairs, a model that writes it.
 
     The layers' output projections (attention output, feed-forward down) are zero, so every
@@ -380,6 +394,10 @@ def _tensors(family: Family, n_vocab: int, rng: np.random.Generator,
     the output head then maps each chained token's embedding to a large logit for its successor.
     At temperature 0 the model writes the chain from the prompt's last token (the family's
     `prompt_end`), one token per link."""
+    N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER, N_CTX_TRAIN = (  # noqa: N806 - the sizes
+        dims.n_embd, dims.n_head, dims.n_head_kv, dims.n_ff, dims.n_layer, dims.n_ctx_train)
+    HEAD_DIM = N_EMBD // N_HEAD  # noqa: N806
+
     def w(*shape: int) -> np.ndarray:  # numpy order: (rows=out, cols=in), as gguf expects
         return (rng.standard_normal(shape) * 0.05).astype(np.float32)
 
@@ -471,14 +489,16 @@ def _tensors(family: Family, n_vocab: int, rng: np.random.Generator,
     return out
 
 
-def write_gguf(family: Family, path: Path, seed: int = 0, script: list[str] | None = None
-               ) -> Path:
+def write_gguf(family: Family, path: Path, seed: int = 0, script: list[str] | None = None,
+               dims: Dims = Dims()) -> Path:
     """The family's tiny model at `path`. With a `script` (pieces of text and special tokens'
     texts, all different), the model answers any prompt that ends in a newline with those
     pieces, one token each, then its end-of-generation token (Phi-3: any prompt ending with
     `<|assistant|>`, as its template's do)."""
     import gguf
 
+    N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER, N_CTX_TRAIN = (  # noqa: N806 - the sizes
+        dims.n_embd, dims.n_head, dims.n_head_kv, dims.n_ff, dims.n_layer, dims.n_ctx_train)
     tokens, scores, types, merges = _vocab(family, script or [])
     chain: list[tuple[int, int]] = []
     if script:
@@ -534,7 +554,7 @@ def write_gguf(family: Family, path: Path, seed: int = 0, script: list[str] | No
     elif "<unk>" in tokens:
         writer.add_unk_token_id(tokens.index("<unk>"))
     rng = np.random.default_rng(seed)
-    for name, array in _tensors(family, len(tokens), rng, chain).items():
+    for name, array in _tensors(family, len(tokens), rng, chain, dims).items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -20,7 +20,8 @@ LLAMA_POOLING_MEAN = 1
 
 
 class Embedder:
-    def __init__(self, model: Any, n_ctx: int, n_threads: int, n_embd: int) -> None:
+    def __init__(self, model: Any, n_ctx: int, n_threads: int, n_embd: int, *,
+                 limit: int | None = None) -> None:
         n_seq = min(MAX_SEQUENCES, llama_cpp.llama_max_parallel_sequences())
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -41,6 +42,14 @@ class Embedder:
                 raise CorralError("failed to create an embedding context")
         self.ctx = ctx
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
+        # Tokens an input may have: the context as asked (num_ctx), as Ollama counts it, not
+        # as llama.cpp rounded it up.
+        self.limit = min(limit or self.n_ctx, self.n_ctx)
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        # A tokenizer that ends each input with a token of its own ([SEP], </s>) keeps it
+        # when an input is cut, as Ollama's truncation (of the text, re-tokenized) does.
+        self.keeps_end = bool(llama_cpp.llama_vocab_get_add_eos(vocab)
+                              or llama_cpp.llama_vocab_get_add_sep(vocab))
         self.n_seq = n_seq
         self.n_embd = n_embd
         self.memory = llama_cpp.llama_get_memory(ctx)
@@ -60,13 +69,14 @@ class Embedder:
 
     def fit(self, inputs: list[list[int]], *, truncate: bool) -> list[list[int]]:
         """Inputs cut to the context (or a 400 without `truncate`)."""
-        limit = self.n_ctx
+        limit = self.limit
         prepared: list[list[int]] = []
         for tokens in inputs:
             if len(tokens) > limit:
                 if not truncate:
                     raise BadRequest("the input length exceeds the context length")
-                tokens = tokens[:limit]
+                tokens = tokens[:limit - 1] + tokens[-1:] if self.keeps_end and limit > 1 \
+                    else tokens[:limit]
             prepared.append(tokens)
         return prepared
 

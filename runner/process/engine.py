@@ -228,6 +228,7 @@ class Engine:
 
         self.parallel = max(1, load.parallel)
         num_ctx = max(4, min(load.num_ctx, self.n_ctx_train or load.num_ctx))
+        self.num_ctx = num_ctx  # as asked (llama.cpp rounds its context up to 256 cells)
         self.n_batch = max(load.num_batch, self.parallel)
         self.n_threads = load.num_thread or os.cpu_count() or 1
         self.kv_cache_type = load.kv_cache_type
@@ -980,7 +981,7 @@ class Engine:
         """The embedding context, made on first use."""
         if self._embedder is None:
             self._embedder = Embedder(self.model, min(self.n_ctx, 8192), self.n_threads,
-                                      self.n_embd)
+                                      self.n_embd, limit=min(self.num_ctx, 8192))
         return self._embedder
 
     def embed(self, request: p.Embed) -> p.Embeddings:
