@@ -40,7 +40,7 @@ pytestmark = pytest.mark.e2e
 STOP_SPECIAL = {LLAMA.name: "<|start_header_id|>", QWEN2.name: "<|im_start|>",
                 QWEN3_FAMILY.name: "<|im_start|>", PHI3_FAMILY.name: "<|user|>",
                 GEMMA2_FAMILY.name: "<start_of_turn>"}
-# A special token that neither ends the turn nor is a stop: it must go out as nothing.
+# A special token that neither ends the turn nor is a stop: Ollama decodes it as its text.
 QUIET_SPECIAL = {LLAMA.name: "<|begin_of_text|>", QWEN2.name: "<|object_ref_start|>",
                  QWEN3_FAMILY.name: "<|object_ref_start|>", PHI3_FAMILY.name: "<s>",
                  GEMMA2_FAMILY.name: "<bos>"}
@@ -117,16 +117,20 @@ def test_a_stop_naming_a_special_token_fires(server: LiveServer, stop_models: di
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES, ids=IDS)
-def test_special_tokens_are_never_printed(server: LiveServer, ggufs: Path,
-                                          family: Family) -> None:
-    """A special token no stop names goes out as nothing; the end of turn ends the reply and
-    is not printed either."""
+def test_special_tokens_are_text_and_the_end_of_turn_is_never_printed(
+        server: LiveServer, ggufs: Path, family: Family) -> None:
+    """A special token that no stop names goes out as its text, as Ollama decodes it (tool-call
+    and thinking parsers read such tokens: [TOOL_CALLS], <|python_tag|>); the end of turn that
+    follows the script ends the reply and is never printed."""
+    special = QUIET_SPECIAL[family.name]
     model = create(server, family, ggufs, name=f"{family.name}-special",
-                   script=["A", QUIET_SPECIAL[family.name], "B"])
-    for reply in (chat(server, model)["message"]["content"],
-                  "".join(x["response"] for x in stream_lines(server, "/api/generate", {
-                      "model": model, "prompt": "Hello", "options": OPTS}))):
-        assert reply == "AB"
+                   script=["A", special, "B"])
+    reply = chat(server, model)
+    assert reply["message"]["content"] == f"A{special}B" and reply["done_reason"] == "stop"
+    streamed = stream_lines(server, "/api/generate", {"model": model, "prompt": "Hello",
+                                                      "options": OPTS})
+    assert "".join(x["response"] for x in streamed) == f"A{special}B"
+    assert streamed[-1]["done_reason"] == "stop" and streamed[-1]["eval_count"] == 3
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES, ids=IDS)

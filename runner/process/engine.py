@@ -200,7 +200,6 @@ class Engine:
         llama_cpp.llama_backend_init()
         _return_large_blocks()
         self._piece_cache: dict[int, bytes] = {}
-        self._control_cache: dict[int, str] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
         mparams = llama_cpp.llama_model_default_params()
@@ -409,22 +408,15 @@ class Engine:
         return np.frombuffer(buf, dtype=np.int32, count=n).tolist()
 
     def piece(self, token: int) -> bytes:
-        """A token's bytes, looked up in C once per token id and then cached."""
+        """A token's bytes, looked up in C once per token id and then cached. A special token
+        is its text (`<|im_start|>`, `[TOOL_CALLS]`), as Ollama decodes it: stop strings name
+        such tokens, and tool-call and thinking parsers read them. (End-of-generation tokens
+        end the sequence before this.)"""
         cached = self._piece_cache.get(token)
         if cached is None:
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
             cached = self._piece_buf.raw[:n] if n > 0 else b""
             self._piece_cache[token] = cached
-        return cached
-
-    def control_text(self, token: int) -> str:
-        """A control token's text (`<|im_start|>`): never sent, but stop strings may name it
-        (runner/process/textstream.py). "" for any other token. Cached per token id."""
-        cached = self._control_cache.get(token)
-        if cached is None:
-            is_control = llama_cpp.llama_vocab_is_control(self.vocab, token)
-            cached = self._special_text(token) if is_control and not self.piece(token) else ""
-            self._control_cache[token] = cached
         return cached
 
     def _special_text(self, token: int) -> str:
@@ -892,7 +884,7 @@ class Engine:
         seq.last_token = token
         if seq.logprobs >= 0:  # only sequences that asked pay for the softmax
             seq.pending_logprobs.append(self._logprob_entry(index, token, seq.logprobs))
-        text, stopped = seq.text.push(self.piece(token), self.control_text(token))
+        text, stopped = seq.text.push(self.piece(token))
         if stopped and seq.logprobs >= 0:
             _drop_swallowed(seq.pending_logprobs, len(seq.text.dropped.encode()))
         if text:
