@@ -91,6 +91,7 @@ class CallFormat:
 
 
 BARE_JSON = CallFormat()
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.1's token before a call (its bare-JSON format)
 
 _PROBE_NAME = "corral_probe_function"
 _PROBE_ARGS = {"corral_probe_argument": "corral_probe_value"}
@@ -270,8 +271,13 @@ class CallParser:
             content.append(text[:len(text) - keep])
             self._buffer = text[len(text) - keep:]
             return False
-        # Bare JSON: a call only where the reply begins with one.
+        # Bare JSON: a call only where the reply begins with one (after Llama 3.1's
+        # <|python_tag|>, which it may write before a call).
         stripped = text.lstrip()
+        if not self._decided and stripped.startswith(PYTHON_TAG):
+            stripped = stripped[len(PYTHON_TAG):].lstrip()
+        elif not self._decided and not final and stripped and PYTHON_TAG.startswith(stripped):
+            return False  # maybe the tag: wait
         if self._decided or final or (stripped and stripped[0] not in "{["):
             self._decided = True
             content.append(text)

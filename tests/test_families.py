@@ -25,6 +25,7 @@ from tests.tinymodels import (
     CHAT_FAMILIES,
     GEMMA2_FAMILY,
     LLAMA,
+    MISTRAL_FAMILY,
     NOMIC_BERT,
     PHI3_FAMILY,
     QWEN2,
@@ -308,3 +309,107 @@ def test_an_embedding_input_longer_than_the_context(server: LiveServer, ggufs: P
     # cut to [CLS] + 14 words + [SEP], as Ollama's truncation of the text gives
     expected = reference_vectors(ggufs / f"{model}.gguf", [" ".join(["river"] * 14)])
     assert close(cut["embeddings"][0], expected[0])
+
+
+# --- tool calls out of the text, per family ---------------------------------------------------
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"city": {"type": "string"}}}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The time in a zone",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}}
+PARIS = {"name": "get_weather", "arguments": {"city": "Paris"}}
+CET = {"name": "get_time", "arguments": {"zone": "CET"}}
+
+# (family, what the model writes, the calls clients get, the content they get)
+TOOL_CASES = {
+    "llama3.1-bare-json": (LLAMA, ['{"name": "get_weather", ', '"parameters": {"city": "Paris"}}'],
+                           [PARIS], ""),
+    "llama3.1-python-tag": (LLAMA, ["<|python_tag|>",
+                                    '{"name": "get_weather", "parameters": {"city": "Paris"}}'],
+                            [PARIS], ""),
+    "mistral-tool-calls": (MISTRAL_FAMILY, ["[TOOL_CALLS]", ' [{"name": "get_weather", '
+                                            '"arguments": {"city": "Paris"}}, {"name": '
+                                            '"get_time", "arguments": {"zone": "CET"}}]'],
+                           [PARIS, CET], ""),
+    "qwen2.5-two-calls": (QWEN2, ["<tool_call>", '\n{"name": "get_weather", "arguments": ',
+                                 '{"city": "Paris"}}\n', "</tool_call>",
+                                 '\n<tool_call>\n{"name": "get_time", "arguments": '
+                                 '{"zone": "CET"}}\n</tool_call>'], [PARIS, CET], ""),
+    "qwen3-text-then-call": (QWEN3_FAMILY, ["Let me check.", "<tool_call>",
+                                            '{"name": "get_weather", "arguments": '
+                                            '{"city": "Paris"}}', "</tool_call>"],
+                             [PARIS], "Let me check."),
+    "qwen2.5-malformed-call": (QWEN2, ["<tool_call>", '{"name": "get_weather", "arguments": '
+                                       '{"city": ', "</tool_call>"], [],
+                               '<tool_call>{"name": "get_weather", "arguments": {"city": '
+                               '</tool_call>'),
+}
+
+
+def _calls(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+            for c in raw]
+
+
+@pytest.mark.parametrize("case", list(TOOL_CASES))
+def test_tool_calls_out_of_the_text(server: LiveServer, ggufs: Path, case: str) -> None:
+    family, script, calls, content = TOOL_CASES[case]
+    model = create(server, family, ggufs, name=f"tiny-tools-{case}", script=script)
+    ask = {"model": model, "options": OPTS, "tools": [WEATHER, TIME],
+           "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    whole = post(server, "/api/chat", {**ask, "stream": False})
+    assert whole.status_code == 200, whole.text
+    message = whole.json()["message"]
+    assert _calls(message.get("tool_calls", [])) == calls
+    assert message["content"] == content
+    lines = stream_lines(server, "/api/chat", ask)
+    streamed = [c for x in lines for c in x["message"].get("tool_calls", [])]
+    assert _calls(streamed) == calls
+    assert "".join(x["message"]["content"] for x in lines) == content
+    assert [c["function"]["index"] for c in streamed] == list(range(len(calls)))
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    tools: Any = [WEATHER, TIME]
+    choice = client.chat.completions.create(model=model, messages=messages, tools=tools,
+                                            temperature=0, max_tokens=12).choices[0]
+    got = [{"name": c.function.name, "arguments": json.loads(c.function.arguments)}
+           for c in choice.message.tool_calls or []]
+    assert got == calls
+    assert (choice.message.content or "") == content
+    assert choice.finish_reason == ("tool_calls" if calls else "stop")
+    pieces: dict[int, dict[str, str]] = {}
+    text = []
+    for chunk in client.chat.completions.create(model=model, messages=messages, tools=tools,
+                                                temperature=0, max_tokens=12, stream=True):
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is None:
+            continue
+        text.append(delta.content or "")
+        for call in delta.tool_calls or []:
+            entry = pieces.setdefault(call.index, {"name": "", "arguments": ""})
+            entry["name"] += call.function.name or ""
+            entry["arguments"] += call.function.arguments or ""
+    assert [{"name": v["name"], "arguments": json.loads(v["arguments"])}
+            for _, v in sorted(pieces.items())] == calls
+    assert "".join(text) == content
+
+
+# --- thinking ----------------------------------------------------------------------------------
+
+
+def test_qwen3_thinking_split_from_the_answer(server: LiveServer, ggufs: Path) -> None:
+    model = create(server, QWEN3_FAMILY, ggufs, name="tiny-qwen3-think",
+                   script=["<think>", "Paris is in France.", "</think>", "It is sunny."])
+    reply = chat(server, model, think=True)["message"]
+    assert reply["thinking"] == "Paris is in France."
+    assert reply["content"] == "It is sunny."
+    lines = stream_lines(server, "/api/chat", {
+        "model": model, "options": OPTS, "think": True,
+        "messages": [{"role": "user", "content": "Hello"}]})
+    assert "".join(x["message"].get("thinking", "") for x in lines) == "Paris is in France."
+    assert "".join(x["message"]["content"] for x in lines) == "It is sunny."
+    assert "<think>" not in json.dumps(lines)

@@ -268,6 +268,29 @@ GEMMA2 = """{{- range $i, $_ := .Messages }}
 {{- end }}
 {{- end }}"""
 
+MISTRAL = """{{- if .Messages }}
+{{- range $index, $_ := .Messages }}
+{{- if eq .Role "user" }}
+{{- if and (eq (len (slice $.Messages $index)) 1) $.Tools }}[AVAILABLE_TOOLS] {{ $.Tools }}[/AVAILABLE_TOOLS]
+{{- end }}[INST] {{ if and $.System (eq (len (slice $.Messages $index)) 1) }}{{ $.System }}
+
+{{ end }}{{ .Content }}[/INST]
+{{- else if eq .Role "assistant" }}
+{{- if .Content }} {{ .Content }}
+{{- else if .ToolCalls }}[TOOL_CALLS] [
+{{- range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{- end }}]
+{{- end }}</s>
+{{- else if eq .Role "tool" }}[TOOL_RESULTS] {"content": {{ .Content }}} [/TOOL_RESULTS]
+{{- end }}
+{{- end }}
+{{- else }}[INST] {{ if .System }}{{ .System }}
+
+{{ end }}{{ .Prompt }}[/INST]
+{{- end }} {{ .Response }}
+{{- if .Response }}</s>
+{{- end }}"""
+
 # --- the families -----------------------------------------------------------------------------
 
 LLAMA = Family(
@@ -311,6 +334,14 @@ GEMMA2_FAMILY = Family(
     extra_kv={"attention.key_length": HEAD_DIM, "attention.value_length": HEAD_DIM,
               "attention.sliding_window": 64, "attn_logit_softcapping": 50.0,
               "final_logit_softcapping": 30.0})
+MISTRAL_FAMILY = Family(
+    name="tiny-mistral", arch="llama", tokenizer="llama", pre="default",
+    specials=[("<unk>", UNKNOWN), ("<s>", CONTROL), ("</s>", CONTROL), ("[INST]", CONTROL),
+              ("[/INST]", CONTROL), ("[TOOL_CALLS]", CONTROL), ("[AVAILABLE_TOOLS]", CONTROL),
+              ("[/AVAILABLE_TOOLS]", CONTROL), ("[TOOL_RESULTS]", CONTROL),
+              ("[/TOOL_RESULTS]", CONTROL)],
+    bos="<s>", eos="</s>", add_bos=True, template=MISTRAL, stops=["[INST]", "[/INST]"],
+    prompt_end=" ", extra_kv={"rope.dimension_count": HEAD_DIM})
 BERT = Family(
     name="tiny-bert", arch="bert", tokenizer="bert", pre="default",
     specials=[("[PAD]", CONTROL), ("[UNK]", UNKNOWN), ("[CLS]", CONTROL), ("[SEP]", CONTROL),
@@ -339,7 +370,8 @@ def piece_text(family: Family, text: str) -> str:
     if family.tokenizer == "gpt2":
         table = _bytes_to_unicode()
         return "".join(table[b] for b in text.encode())
-    if family.tokenizer == "llama" and len(text.encode()) == 1 and not text.isalpha():
+    if family.tokenizer == "llama" and len(text.encode()) == 1 and not text.isalpha() \
+            and text != " ":  # (a space is "▁", as SentencePiece writes it)
         return f"<0x{ord(text):02X}>"
     return text.replace(" ", "▁")
 
