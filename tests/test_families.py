@@ -23,7 +23,9 @@ from tests.families import create
 from tests.tinymodels import (
     BERT,
     CHAT_FAMILIES,
+    COMMAND_R,
     GEMMA2_FAMILY,
+    GRANITE,
     LLAMA,
     MISTRAL_FAMILY,
     NOMIC_BERT,
@@ -342,6 +344,13 @@ TOOL_CASES = {
                                             '{"name": "get_weather", "arguments": '
                                             '{"city": "Paris"}}', "</tool_call>"],
                              [PARIS], "Let me check."),
+    "granite3-tool-call": (GRANITE, ["<|tool_call|>", '[{"name": "get_weather", '
+                                     '"arguments": {"city": "Paris"}}]'], [PARIS], ""),
+    "command-r-action": (COMMAND_R, ['Action: ```json\n[\n    {\n        "tool_name": '
+                                     '"get_weather",\n        "parameters": {"city": "Paris"}'
+                                     '\n    }', ',\n    {\n        "tool_name": "get_time",\n'
+                                     '        "parameters": {"zone": "CET"}\n    }\n]```'],
+                         [PARIS, CET], ""),
     "qwen2.5-malformed-call": (QWEN2, ["<tool_call>", '{"name": "get_weather", "arguments": '
                                        '{"city": ', "</tool_call>"], [],
                                '<tool_call>{"name": "get_weather", "arguments": {"city": '

@@ -291,6 +291,99 @@ MISTRAL = """{{- if .Messages }}
 {{- if .Response }}</s>
 {{- end }}"""
 
+# Granite 3's (tools as JSON lines, calls after <|tool_call|>).
+GRANITE3 = """{{- if .Tools }}<|start_of_role|>available_tools<|end_of_role|>
+{{- range .Tools }}
+{{ . }}
+{{- end }}<|end_of_text|>
+{{ end }}
+{{- range $index, $_ := .Messages }}<|start_of_role|>
+{{- if eq .Role "tool" }}tool_response
+{{- else }}{{ .Role }}
+{{- end }}<|end_of_role|>
+{{- if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}<|tool_call|>
+{{- range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{- end }}
+{{- end }}
+{{- if eq (len (slice $.Messages $index)) 1 }}
+{{- if eq .Role "assistant" }}
+{{- else }}<|end_of_text|>
+<|start_of_role|>assistant<|end_of_role|>
+{{- end }}
+{{- else }}<|end_of_text|>
+{{ end }}
+{{- end }}"""
+
+# Ollama's template/command-r.gotmpl, as it ships.
+COMMAND_R_TEMPLATE = """{{- if or .Tools .System }}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>
+{{- if .Tools }}# Safety Preamble
+The instructions in this section override those in the task description and style guide sections. Don't answer questions that are harmful or immoral.
+
+# System Preamble
+## Basic Rules
+You are a powerful conversational AI trained by Cohere to help people. You are augmented by a number of tools, and your job is to use and consume the output of these tools to best help the user. You will see a conversation history between yourself and a user, ending with an utterance from the user. You will then see a specific instruction instructing you what kind of response to generate. When you answer the user's requests, you cite your sources in your answers, according to those instructions.
+
+{{ if .System }}# User Preamble
+{{ .System }}
+{{- end }}
+
+## Available Tools
+Here is a list of tools that you have available to you:
+{{- range .Tools }}
+
+```python
+def {{ .Function.Name }}(
+{{- range $name, $property := .Function.Parameters.Properties }}{{ $name }}: {{ $property.Type }}, {{ end }}) -> List[Dict]:
+    '''{{ .Function.Description }}
+
+{{- if .Function.Parameters.Properties }}
+
+    Args:
+{{- range $name, $property := .Function.Parameters.Properties }}
+        {{ $name }} ({{ $property.Type }}): {{ $property.Description }}
+{{- end }}
+{{- end }}
+    '''
+    pass
+```
+{{- end }}
+{{- else if .System }}{{ .System }}
+{{- end }}<|END_OF_TURN_TOKEN|>
+{{- end }}
+{{- range .Messages }}
+{{- if eq .Role "system" }}
+{{- continue }}
+{{- end }}<|START_OF_TURN_TOKEN|>
+{{- if eq .Role "user" }}<|USER_TOKEN|>{{ .Content }}
+{{- if $.Tools }}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Write 'Action:' followed by a json-formatted list of actions that you want to perform in order to produce a good response to the user's last input. You can use any of the supplied tools any number of times, but you should aim to execute the minimum number of necessary actions for the input. You should use the `directly-answer` tool if calling the other tools is unnecessary. The list of actions you want to call should be formatted as a list of json objects, for example:
+```json
+[
+    {
+        "tool_name": title of the tool in the specification,
+        "parameters": a dict of parameters to input into the tool as they are defined in the specs, or {} if it takes no parameters
+    }
+]```
+{{- end }}
+{{- else if eq .Role "assistant" }}<|CHATBOT_TOKEN|>
+{{- if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}
+Action: ```json
+[
+{{- range .ToolCalls }}
+    {
+        "tool_name": "{{ .Function.Name }}",
+        "parameters": {{ .Function.Arguments }}
+    }
+{{- end }}
+]```
+{{- end }}
+{{- else if eq .Role "tool" }}<|SYSTEM_TOKEN|><results>
+console_output: {{ .Content }}
+</results>
+{{- end }}<|END_OF_TURN_TOKEN|>
+{{- end }}<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"""
+
 # --- the families -----------------------------------------------------------------------------
 
 LLAMA = Family(
@@ -342,6 +435,21 @@ MISTRAL_FAMILY = Family(
               ("[/TOOL_RESULTS]", CONTROL)],
     bos="<s>", eos="</s>", add_bos=True, template=MISTRAL, stops=["[INST]", "[/INST]"],
     prompt_end=" ", extra_kv={"rope.dimension_count": HEAD_DIM})
+GRANITE = Family(  # (the llama architecture: what is Granite's here is its tokens and format)
+    name="tiny-granite3", arch="llama", tokenizer="gpt2", pre="default",
+    specials=[("<|end_of_text|>", CONTROL), ("<|start_of_role|>", CONTROL),
+              ("<|end_of_role|>", CONTROL), ("<|tool_call|>", CONTROL)],
+    bos="<|end_of_text|>", eos="<|end_of_text|>", template=GRANITE3,
+    stops=["<|end_of_text|>", "<|start_of_role|>"], prompt_end="<|end_of_role|>",
+    extra_kv={"rope.dimension_count": HEAD_DIM})
+COMMAND_R = Family(  # (the llama architecture: Command-R's tokens and Ollama's template)
+    name="tiny-command-r", arch="llama", tokenizer="gpt2", pre="default",
+    specials=[("<BOS_TOKEN>", CONTROL), ("<|END_OF_TURN_TOKEN|>", CONTROL),
+              ("<|START_OF_TURN_TOKEN|>", CONTROL), ("<|USER_TOKEN|>", CONTROL),
+              ("<|CHATBOT_TOKEN|>", CONTROL), ("<|SYSTEM_TOKEN|>", CONTROL)],
+    bos="<BOS_TOKEN>", eos="<|END_OF_TURN_TOKEN|>", add_bos=True, template=COMMAND_R_TEMPLATE,
+    stops=["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>"],
+    prompt_end="<|CHATBOT_TOKEN|>", extra_kv={"rope.dimension_count": HEAD_DIM})
 BERT = Family(
     name="tiny-bert", arch="bert", tokenizer="bert", pre="default",
     specials=[("[PAD]", CONTROL), ("[UNK]", UNKNOWN), ("[CLS]", CONTROL), ("[SEP]", CONTROL),
