@@ -24,6 +24,7 @@ from tests.tinymodels import (
     BERT,
     CHAT_FAMILIES,
     COMMAND_R,
+    DEEPSEEK_R1_FAMILY,
     GEMMA2_FAMILY,
     GRANITE,
     LLAMA,
@@ -422,3 +423,34 @@ def test_qwen3_thinking_split_from_the_answer(server: LiveServer, ggufs: Path) -
     assert "".join(x["message"].get("thinking", "") for x in lines) == "Paris is in France."
     assert "".join(x["message"]["content"] for x in lines) == "It is sunny."
     assert "<think>" not in json.dumps(lines)
+
+
+def test_deepseek_r1_thinking(server: LiveServer, ggufs: Path) -> None:
+    model = create(server, DEEPSEEK_R1_FAMILY, ggufs, name="tiny-deepseek-r1-think",
+                   script=["<think>", "\nParis is in France.\n", "</think>", "\n\nSunny."])
+    shown = post(server, "/api/show", {"model": model}).json()
+    assert "thinking" in shown["capabilities"]
+    reply = chat(server, model)["message"]  # a thinking model thinks unless told not to
+    assert reply["thinking"].strip() == "Paris is in France."
+    assert reply["content"].strip() == "Sunny."
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    message = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], temperature=0,
+        max_tokens=12).choices[0].message
+    assert (message.content or "").strip() == "Sunny."
+    assert "Paris is in France." in str(message.model_extra)  # reasoning, as Ollama's /v1
+
+
+def test_think_false_closes_the_block_in_the_prompt(server: LiveServer, ggufs: Path) -> None:
+    """Qwen3's template closes an empty <think></think> in the prompt when think is false:
+    the reply (scripted from the newline that ends it) is all content."""
+    model = create(server, QWEN3_FAMILY, ggufs, name="tiny-qwen3-nothink",
+                   script=["No thinking here."])
+    reply = chat(server, model, think=False)
+    assert reply["message"]["content"] == "No thinking here."
+    assert "thinking" not in reply["message"]
+    done = post(server, "/api/generate", {"model": model, "prompt": "Hello", "think": False,
+                                          "stream": False, "options": OPTS}).json()
+    prompt = done["context"][:len(done["context"]) - done["eval_count"]]
+    think_open = token_id(QWEN3_FAMILY, "<think>", ["No thinking here."])
+    assert think_open in prompt  # the closed block is in the prompt

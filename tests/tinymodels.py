@@ -384,6 +384,28 @@ console_output: {{ .Content }}
 {{- end }}<|END_OF_TURN_TOKEN|>
 {{- end }}<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"""
 
+# DeepSeek-R1's (the model opens <think> itself; think false closes an empty block).
+DEEPSEEK_R1 = """{{- if .System }}{{ .System }}{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1}}
+{{- if eq .Role "user" }}<｜User｜>{{ .Content }}
+{{- else if eq .Role "assistant" }}<｜Assistant｜>
+  {{- if and $.IsThinkSet (and $last .Thinking) -}}
+<think>
+{{ .Thinking }}
+</think>
+{{- end }}{{ .Content }}{{- if not $last }}<｜end▁of▁sentence｜>{{- end }}
+{{- end }}
+{{- if and $last (ne .Role "assistant") }}<｜Assistant｜>
+{{- if and $.IsThinkSet (not $.Think) -}}
+<think>
+
+</think>
+
+{{ end }}
+{{- end -}}
+{{- end }}"""
+
 # --- the families -----------------------------------------------------------------------------
 
 LLAMA = Family(
@@ -435,6 +457,15 @@ MISTRAL_FAMILY = Family(
               ("[/TOOL_RESULTS]", CONTROL)],
     bos="<s>", eos="</s>", add_bos=True, template=MISTRAL, stops=["[INST]", "[/INST]"],
     prompt_end=" ", extra_kv={"rope.dimension_count": HEAD_DIM})
+DEEPSEEK_R1_FAMILY = Family(  # the distilled Qwen 2.5 ones: qwen2 architecture
+    name="tiny-deepseek-r1", arch="qwen2", tokenizer="gpt2", pre="deepseek-r1-qwen",
+    specials=[("<｜begin▁of▁sentence｜>", CONTROL), ("<｜end▁of▁sentence｜>", CONTROL),
+              ("<｜User｜>", USER_DEFINED), ("<｜Assistant｜>", USER_DEFINED),
+              ("<think>", USER_DEFINED), ("</think>", USER_DEFINED)],
+    bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", add_bos=True,
+    template=DEEPSEEK_R1, stops=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
+                                 "<｜User｜>", "<｜Assistant｜>"],
+    prompt_end="<｜Assistant｜>")
 GRANITE = Family(  # (the llama architecture: what is Granite's here is its tokens and format)
     name="tiny-granite3", arch="llama", tokenizer="gpt2", pre="default",
     specials=[("<|end_of_text|>", CONTROL), ("<|start_of_role|>", CONTROL),
