@@ -30,6 +30,7 @@ from gateway.thinking import (
     thinking_markers,
 )
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
+from gateway.xmlcalls import XmlCallParser
 from registry import gotemplate
 from registry.store import LocalModel, Store
 from runner.supervisor.pool import LoadedRunner, RunnerPool
@@ -155,7 +156,8 @@ class Generation:
 
     def __init__(self, first: list[p.Chunk | p.Done],
                  rest: AsyncIterator[list[p.Chunk | p.Done]],
-                 parser: CallParser | None = None, thinker: ThinkingParser | None = None,
+                 parser: CallParser | XmlCallParser | None = None,
+                 thinker: ThinkingParser | None = None,
                  count: Callable[[str], Awaitable[int]] | None = None) -> None:
         self._first: list[p.Chunk | p.Done] | None = first
         self._rest = rest
@@ -166,7 +168,8 @@ class Generation:
 
     @classmethod
     async def start(cls, stream: AsyncIterator[list[p.Chunk | p.Done]],
-                    parser: CallParser | None = None, thinker: ThinkingParser | None = None,
+                    parser: CallParser | XmlCallParser | None = None,
+                    thinker: ThinkingParser | None = None,
                     count: Callable[[str], Awaitable[int]] | None = None) -> Generation:
         try:
             first = await anext(stream)
@@ -267,7 +270,9 @@ class ToolUse:
     format: CallFormat
     grammar: str | None = None
 
-    def parser(self) -> CallParser:
+    def parser(self) -> CallParser | XmlCallParser:
+        if self.format.xml:
+            return XmlCallParser(self.tools)
         return CallParser(self.format, self.tools)
 
 
@@ -485,7 +490,9 @@ class Inference:
         if "tools" not in model.capabilities:
             raise BadRequest(f"{model.name.full()} does not support tools")
         fmt = call_format(model)
-        grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) if choice else None
+        # (the forcing grammar writes JSON calls: none for an XML format)
+        grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) \
+            if choice and not fmt.xml else None
         return ToolUse(tools, fmt, grammar)
 
     async def _stream(self, job: Job, request: p.Generate

@@ -88,9 +88,11 @@ class CallFormat:
     closing: str = ""  # e.g. "</tool_call>"
     name_key: str = "name"
     arguments_key: str = "arguments"
+    xml: bool = False  # Qwen3-Coder's <function=...><parameter=...> blocks (gateway/xmlcalls.py)
 
 
 BARE_JSON = CallFormat()
+QWEN3_CODER = CallFormat("<tool_call>", "</tool_call>", xml=True)
 PYTHON_TAG = "<|python_tag|>"  # Llama 3.1's token before a call (its bare-JSON format)
 
 _PROBE_NAME = "corral_probe_function"
@@ -103,6 +105,8 @@ _PROBE_TOOL: Tool = {"type": "function", "function": {
 def call_format(model: LocalModel) -> CallFormat:
     """The call format of the template the model's chats render with (its Go TEMPLATE, else the
     GGUF's Jinja chat template)."""
+    if model.config.get("parser") == "qwen3-coder":  # Ollama's built-in parser by name
+        return QWEN3_CODER
     template = model.template
     if not gotemplate.is_passthrough(template):
         return _go_call_format(template or "")
@@ -137,6 +141,8 @@ def probe_call_format(render: Callable[[list[Message], list[Tool]], str]) -> Cal
         plain = render([question, reply, follow_up], [_PROBE_TOOL])
     except Exception:  # noqa: BLE001 - a template that cannot show calls: try bare JSON
         return BARE_JSON
+    if f"<function={_PROBE_NAME}>" in with_call:  # Qwen3-Coder's XML calls
+        return QWEN3_CODER
     head = len(os.path.commonprefix([with_call, plain]))
     tail = len(os.path.commonprefix([with_call[::-1], plain[::-1]]))
     at = with_call.find(_PROBE_NAME, head)

@@ -454,3 +454,25 @@ def test_think_false_closes_the_block_in_the_prompt(server: LiveServer, ggufs: P
     prompt = done["context"][:len(done["context"]) - done["eval_count"]]
     think_open = token_id(QWEN3_FAMILY, "<think>", ["No thinking here."])
     assert think_open in prompt  # the closed block is in the prompt
+
+
+def test_qwen3_coder_xml_calls(server: LiveServer, ggufs: Path) -> None:
+    """PARSER qwen3-coder (Ollama's built-in parser by name): XML calls, typed by the schema,
+    on both APIs, streamed and not."""
+    model = create(server, QWEN3_FAMILY, ggufs, name="tiny-qwen3-coder", parser="qwen3-coder",
+                   script=["Checking.", "<tool_call>", "\n<function=get_weather>\n<parameter="
+                           "city>\nParis\n</parameter>\n</function>\n", "</tool_call>"])
+    assert post(server, "/api/show", {"model": model}).json()["parser"] == "qwen3-coder"
+    ask = {"model": model, "options": OPTS, "tools": [WEATHER],
+           "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    message = post(server, "/api/chat", {**ask, "stream": False}).json()["message"]
+    assert _calls(message["tool_calls"]) == [PARIS] and message["content"] == "Checking."
+    lines = stream_lines(server, "/api/chat", ask)
+    assert _calls([c for x in lines for c in x["message"].get("tool_calls", [])]) == [PARIS]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    tools: Any = [WEATHER]
+    choice = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather?"}], tools=tools,
+        temperature=0, max_tokens=12).choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Paris"}
