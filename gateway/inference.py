@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.harmony import HarmonyCalls, HarmonyParser, speaks_harmony
 from gateway.options import check_options, load_request, merge_options, sampling_options
 from gateway.team import context as team
 from gateway.thinking import (
@@ -156,8 +157,8 @@ class Generation:
 
     def __init__(self, first: list[p.Chunk | p.Done],
                  rest: AsyncIterator[list[p.Chunk | p.Done]],
-                 parser: CallParser | XmlCallParser | None = None,
-                 thinker: ThinkingParser | None = None,
+                 parser: CallParser | XmlCallParser | HarmonyCalls | None = None,
+                 thinker: ThinkingParser | HarmonyParser | None = None,
                  count: Callable[[str], Awaitable[int]] | None = None) -> None:
         self._first: list[p.Chunk | p.Done] | None = first
         self._rest = rest
@@ -168,8 +169,8 @@ class Generation:
 
     @classmethod
     async def start(cls, stream: AsyncIterator[list[p.Chunk | p.Done]],
-                    parser: CallParser | XmlCallParser | None = None,
-                    thinker: ThinkingParser | None = None,
+                    parser: CallParser | XmlCallParser | HarmonyCalls | None = None,
+                    thinker: ThinkingParser | HarmonyParser | None = None,
                     count: Callable[[str], Awaitable[int]] | None = None) -> Generation:
         try:
             first = await anext(stream)
@@ -408,6 +409,7 @@ class Inference:
         (`count_thinking`: and its tokens counted). `as_written`: see template_prompt.
         `whole`: the reply is collected, not streamed; the runner sends its text at the end."""
         tool_list = tools.tools if tools else None
+        from_messages = prompt is None and messages is not None  # (not raw, not infill)
         grammar = tools.grammar if tools else None
         if think is not None and (format_ or grammar):
             think = think.constrained()
@@ -422,7 +424,7 @@ class Inference:
                 prompt, messages = rendered, None
             else:  # the runner renders the GGUF's Jinja template
                 template_vars = jinja_variables(value) or None
-        thinker = None
+        thinker: ThinkingParser | HarmonyParser | None = None
         if think is not None and think.markers is not None:
             if prompt is not None:
                 inside = opens_thinking(prompt, think.markers)
@@ -434,7 +436,12 @@ class Inference:
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,
                              tenant=team.tenant(), whole=whole)
-        parser = tools.parser() if tools else None
+        parser: CallParser | XmlCallParser | HarmonyCalls | None = \
+            tools.parser() if tools else None
+        if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser")):
+            # gpt-oss: thinking, content and calls come on harmony's channels
+            harmony = HarmonyParser(tool_list)
+            thinker, parser = harmony, HarmonyCalls(harmony)
         count = None
         if count_thinking and thinker is not None:
             count = functools.partial(self.count_tokens, job)

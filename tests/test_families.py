@@ -26,6 +26,7 @@ from tests.tinymodels import (
     COMMAND_R,
     DEEPSEEK_R1_FAMILY,
     GEMMA2_FAMILY,
+    GPT_OSS,
     GRANITE,
     LLAMA,
     MISTRAL_FAMILY,
@@ -473,6 +474,43 @@ def test_qwen3_coder_xml_calls(server: LiveServer, ggufs: Path) -> None:
     tools: Any = [WEATHER]
     choice = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Weather?"}], tools=tools,
+        temperature=0, max_tokens=12).choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Paris"}
+
+
+# --- gpt-oss: harmony -----------------------------------------------------------------------
+
+
+def test_harmony_channels_split_into_thinking_content_and_calls(server: LiveServer,
+                                                               ggufs: Path) -> None:
+    model = create(server, GPT_OSS, ggufs, name="tiny-gpt-oss-answer", script=[
+        "<|channel|>", "analysis<|message|>", "Paris is in France.", "<|end|>",
+        "<|start|>assistant<|channel|>final<|message|>", "It is sunny."])
+    reply = chat(server, model)["message"]
+    assert reply["thinking"] == "Paris is in France." and reply["content"] == "It is sunny."
+    lines = stream_lines(server, "/api/chat", {
+        "model": model, "options": OPTS, "messages": [{"role": "user", "content": "Hi"}]})
+    assert "".join(x["message"].get("thinking", "") for x in lines) == "Paris is in France."
+    assert "".join(x["message"]["content"] for x in lines) == "It is sunny."
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    message = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], temperature=0,
+        max_tokens=12).choices[0].message
+    assert message.content == "It is sunny."
+
+    caller = create(server, GPT_OSS, ggufs, name="tiny-gpt-oss-call", script=[
+        "<|channel|>", "commentary to=functions.get_weather <|constrain|>json<|message|>",
+        '{"city": ', '"Paris"}'])
+    ask = {"model": caller, "options": OPTS, "tools": [WEATHER, TIME],
+           "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    message = post(server, "/api/chat", {**ask, "stream": False}).json()["message"]
+    assert _calls(message["tool_calls"]) == [PARIS] and message["content"] == ""
+    streamed = stream_lines(server, "/api/chat", ask)
+    assert _calls([c for x in streamed for c in x["message"].get("tool_calls", [])]) == [PARIS]
+    tools: Any = [WEATHER, TIME]
+    choice = client.chat.completions.create(
+        model=caller, messages=[{"role": "user", "content": "Weather?"}], tools=tools,
         temperature=0, max_tokens=12).choices[0]
     assert choice.finish_reason == "tool_calls"
     assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "Paris"}

@@ -406,6 +406,39 @@ DEEPSEEK_R1 = """{{- if .System }}{{ .System }}{{ end }}
 {{- end -}}
 {{- end }}"""
 
+# A harmony template of gpt-oss's shape (system, developer tools as a TypeScript namespace,
+# channels per message; the prompt ends by opening the assistant's message).
+HARMONY = """<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.
+Reasoning: {{ if .ThinkLevel }}{{ .ThinkLevel }}{{ else }}medium{{ end }}
+
+# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>
+{{- if .Tools }}<|start|>developer<|message|># Tools
+
+## functions
+
+namespace functions {
+{{- range .Tools }}
+
+// {{ .Function.Description }}
+type {{ .Function.Name }} = (_: {
+{{- range $name, $prop := .Function.Parameters.Properties }}
+{{ $name }}: {{ toTypeScriptType $prop }},
+{{- end }}
+}) => any;
+{{- end }}
+
+} // namespace functions<|end|>
+{{- end }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<|start|>user<|message|>{{ .Content }}<|end|>
+{{- else if eq .Role "assistant" }}
+{{- if .Thinking }}<|start|>assistant<|channel|>analysis<|message|>{{ .Thinking }}<|end|>{{ end }}
+{{- if .Content }}<|start|>assistant<|channel|>final<|message|>{{ .Content }}<|end|>{{ end }}
+{{- range .ToolCalls }}<|start|>assistant<|channel|>commentary to=functions.{{ .Function.Name }} <|constrain|>json<|message|>{{ .Function.Arguments }}<|call|>{{ end }}
+{{- else if eq .Role "tool" }}<|start|>functions.{{ .ToolName }} to=assistant<|channel|>commentary<|message|>{{ .Content }}<|end|>
+{{- end }}
+{{- end }}<|start|>assistant"""
+
 # --- the families -----------------------------------------------------------------------------
 
 LLAMA = Family(
@@ -466,6 +499,13 @@ DEEPSEEK_R1_FAMILY = Family(  # the distilled Qwen 2.5 ones: qwen2 architecture
     template=DEEPSEEK_R1, stops=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
                                  "<｜User｜>", "<｜Assistant｜>"],
     prompt_end="<｜Assistant｜>")
+GPT_OSS = Family(  # harmony's tokens on the llama architecture (the format is what is tested)
+    name="tiny-gpt-oss", arch="llama", tokenizer="gpt2", pre="default",
+    specials=[("<|startoftext|>", CONTROL), ("<|endoftext|>", CONTROL), ("<|start|>", CONTROL),
+              ("<|end|>", CONTROL), ("<|message|>", CONTROL), ("<|channel|>", CONTROL),
+              ("<|constrain|>", CONTROL), ("<|return|>", CONTROL), ("<|call|>", CONTROL)],
+    bos="<|startoftext|>", eos="<|return|>", template=HARMONY, prompt_end="t",
+    extra_kv={"rope.dimension_count": HEAD_DIM})
 GRANITE = Family(  # (the llama architecture: what is Granite's here is its tokens and format)
     name="tiny-granite3", arch="llama", tokenizer="gpt2", pre="default",
     specials=[("<|end_of_text|>", CONTROL), ("<|start_of_role|>", CONTROL),

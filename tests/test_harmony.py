@@ -1,0 +1,47 @@
+"""gpt-oss's harmony replies split into thinking, content and calls (gateway/harmony.py), in any
+pieces, as Ollama's harmony parser splits them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.harmony import HarmonyParser, speaks_harmony
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather"}}]
+REPLY = ("<|channel|>analysis<|message|>Think <b>.<|end|><|start|>assistant<|channel|>final"
+         "<|message|>Answer.<|end|><|start|>assistant<|channel|>commentary "
+         'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}')
+
+
+def run(text: str, size: int) -> tuple[str, str, list[dict[str, Any]]]:
+    parser = HarmonyParser(TOOLS)
+    thinking, content = [], []
+    for i in range(0, len(text), size):
+        t, c = parser.feed(text[i:i + size])
+        thinking.append(t)
+        content.append(c)
+    t, c = parser.finish()
+    return "".join(thinking) + t, "".join(content) + c, parser.take_calls()
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_channels_in_any_pieces(size: int) -> None:
+    thinking, content, calls = run(REPLY, size)
+    assert thinking == "Think <b>." and content == "Answer."
+    assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}]
+    assert calls[0]["function"]["name"] == "get_weather"
+
+
+def test_a_call_that_is_not_one_is_content() -> None:
+    bad = REPLY.replace('{"city": "Paris"}', '{"city": ')
+    assert run(bad, 3)[1:] == ('Answer.{"city": ', [])
+    unknown = REPLY.replace("get_weather", "launch")
+    assert run(unknown, 1000)[1:] == ('Answer.{"city": "Paris"}', [])
+
+
+def test_which_templates_speak_harmony() -> None:
+    assert speaks_harmony("<|start|>x<|channel|>y<|end|>", None)
+    assert speaks_harmony("{{ .Prompt }}", "harmony")
+    assert not speaks_harmony("<|im_start|>{{ .Prompt }}<|im_end|>", None)
