@@ -49,8 +49,8 @@ def _timed(fn: Callable[[], object], runs: int) -> list[float]:
 def _row(table: Table, mode: str, values: list[float], n: int) -> float:
     rate = [n / v for v in values]
     median = statistics.median(rate)
-    table.add_row(mode, f"{statistics.median(values):.3f}", f"{median:.0f}",
-                  f"{min(rate):.0f}-{max(rate):.0f}")
+    table.add_row(mode, f"{statistics.median(values):.3f}", f"{median:.1f}",
+                  f"{min(rate):.1f}-{max(rate):.1f}")
     return median
 
 
