@@ -132,7 +132,7 @@ def create_app(settings: Settings, store: Store,
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
     team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
                 AccessLog(settings.access_log, pid=settings.http_workers > 1), routes,
-                fair_share=settings.fair_share)
+                fair_share=settings.fair_share, cache_isolation=settings.cache_isolation)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

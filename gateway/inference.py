@@ -246,6 +246,24 @@ class Generation:
         raise CorralError("the runner ended the stream without a final message")
 
 
+_USER_MARK = "\x00corral-user-text\x00"
+
+
+@functools.lru_cache(maxsize=64)
+def shared_start(template: str, system: str | None) -> str:
+    """The start of a prompt that a model's TEMPLATE renders from its SYSTEM prompt alone, up to
+    where the user's text begins: public text, whose cache every API key may reuse. "" when
+    there is no SYSTEM prompt or the template will not say."""
+    if not system:
+        return ""
+    try:
+        text = gotemplate.render_chat(template, [{"role": "system", "content": system},
+                                                 {"role": "user", "content": _USER_MARK}])
+    except gotemplate.TemplateError:
+        return ""
+    return text.split(_USER_MARK, 1)[0] if _USER_MARK in text else ""
+
+
 def vector(raw: bytes, dimensions: int | None = None) -> list[float]:
     """A runner's float32 vector as floats, cut to `dimensions` and re-normalised if asked."""
     values = array("f")
@@ -386,13 +404,19 @@ class Inference:
             think = think.constrained()
         value = think.value if think else None
         template_vars = None
+        # With keys on: the key's cache salt, and the start every key may share (the model's
+        # SYSTEM prompt, set by an admin); a prompt sent as it is shares nothing.
+        salt = team.cache_salt()
+        shared = ""
         if prompt is None and messages is not None:
+            shared = (job.model.system or "") if salt else ""
             rendered = self.template_prompt(job.model, messages, tool_list, value,
                                             as_written=as_written)
             if rendered is not None:  # the stop strings come from the model's params
                 if truncate:
                     rendered = await self._fit(job, messages, tool_list, rendered, value)
                 prompt, messages = rendered, None
+                shared = shared_start(job.model.template or "", job.model.system) if salt else ""
             else:  # the runner renders the GGUF's Jinja template
                 template_vars = jinja_variables(value) or None
         thinker = None
@@ -406,7 +430,8 @@ class Inference:
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,
-                             tenant=team.tenant(), whole=whole)
+                             tenant=team.tenant(), whole=whole, cache_salt=salt,
+                             shared_prefix=shared)
         parser = tools.parser() if tools else None
         count = None
         if count_thinking and thinker is not None:

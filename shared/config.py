@@ -207,6 +207,9 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     access_log: str = ""
     fair_share: bool = True
+    # With API keys on, a key reuses only the prompt caches its own requests made (and the
+    # shared SYSTEM prompt); CORRAL_CACHE_ISOLATION=0 shares them across keys (measurements).
+    cache_isolation: bool = True
     # The prompt cache beyond the slots (runner/process/promptcache.py): CORRAL_PROMPT_CACHE bytes
     # of host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
     # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the store) and
@@ -307,6 +310,8 @@ class Settings:
             kwargs["access_log"] = "off" if raw.lower() == "off" else str(Path(raw).expanduser())
         if raw := get("CORRAL_FAIR_SHARE"):
             kwargs["fair_share"] = _parse_bool("CORRAL_FAIR_SHARE", raw)
+        if raw := get("CORRAL_CACHE_ISOLATION"):
+            kwargs["cache_isolation"] = _parse_bool("CORRAL_CACHE_ISOLATION", raw)
         if raw := get("CORRAL_PROMPT_CACHE"):
             kwargs["prompt_cache"] = _parse_bytes("CORRAL_PROMPT_CACHE", raw)
         if raw := get("CORRAL_PROMPT_CACHE_DIR"):

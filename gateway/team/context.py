@@ -24,6 +24,7 @@ from shared.errors import BadRequest, Forbidden
 class RequestRecord:
     key: ApiKey | None  # None: the server has no keys (everyone is trusted, as by Ollama)
     tenant: str  # who shares slots fairly with whom: the key's name, or "" when that is off
+    salt: str = ""  # whose prompt caches it may reuse: the key's id, "" (all) without keys
     started: float = field(default_factory=time.perf_counter)
     model: str = ""  # the model it uses, once a route named it
     prompt_tokens: int = 0
@@ -124,6 +125,12 @@ def may_set_keep_alive() -> bool:
     """Only admin keys choose how long models stay loaded; others get the server's keep-alive."""
     record = _current.get()
     return record is None or record.admin
+
+
+def cache_salt() -> str:
+    """The request's cache salt (runner/process/promptcache.py's Scope): "" shares everything."""
+    record = _current.get()
+    return record.salt if record is not None else ""
 
 
 def tenant() -> str:

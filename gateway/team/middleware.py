@@ -112,6 +112,7 @@ class Team:
     access_log: AccessLog
     routes: Sequence[BaseRoute]
     fair_share: bool = True
+    cache_isolation: bool = True  # a key's requests reuse only its own prompt caches
     _ledger: Ledger | None = field(default=None, repr=False)
 
     def ledger(self) -> Ledger:
@@ -175,7 +176,8 @@ class TeamMiddleware:
             if refusal is not None and refusal.status_code in (401, 500):
                 key = None  # not authenticated: logged as anonymous
         record = context.RequestRecord(key, (key.name if key else ANONYMOUS)
-                                       if team.fair_share else "")
+                                       if team.fair_share else "",
+                                       key.id if key and team.cache_isolation else "")
         context.begin(record)
         status = 500  # unless a reply starts
         extra = [(k.encode(), v.encode()) for k, v in headers.items()]

@@ -21,11 +21,11 @@ from typing import Any
 
 import msgpack
 
-from runner.process.promptcache import PromptCache, State
+from runner.process.promptcache import PromptCache, Scope, State
 
 log = logging.getLogger("corral.runner")
 
-MAGIC = b"corral-prompt-cache 2\n"  # 2: states carry their floor
+MAGIC = b"corral-prompt-cache 3\n"  # 2: states carry their floor; 3: entries their scope
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -51,6 +51,7 @@ def save(cache: PromptCache, path: Path, settings: dict[str, Any], budget: int) 
     body = msgpack.packb({
         "settings": settings,
         "entries": [{"tokens": e.tokens, "uses": e.uses,
+                     "scope": [e.scope.salt, e.scope.public],
                      "states": [[s.n_tokens, s.canonical, s.partial, s.data, s.floor]
                                 for s in e.states]}
                     for e in chosen],
@@ -95,7 +96,9 @@ def load(cache: PromptCache, path: Path, settings: dict[str, Any]) -> int:
         for item in reversed(data["entries"]):  # oldest first, so the newest end most recent
             states = [State(int(n), bytes(blob), int(canonical), bool(partial), int(floor))
                       for n, canonical, partial, blob, floor in item["states"]]
-            if cache.put([int(t) for t in item["tokens"]], states, uses=int(item["uses"])):
+            salt, public = item["scope"]
+            if cache.put([int(t) for t in item["tokens"]], states, uses=int(item["uses"]),
+                         scope=Scope(str(salt), int(public))):
                 loaded += 1
         return loaded
     except (ValueError, KeyError, TypeError) as exc:
