@@ -43,6 +43,13 @@ MODEL_PATHS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
                "/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
+def _counted(path: str) -> bool:
+    """Whether a request counts against its key's requests per minute and concurrency: it uses
+    a model, or downloads one (CORRAL_SERVE_REGISTRY's manifests and blobs)."""
+    return path in MODEL_PATHS or (path.startswith("/v2/")
+                                   and ("/manifests/" in path or "/blobs/" in path))
+
+
 def error_reply(path: str, status: int, message: str,
                 headers: dict[str, str] | None = None) -> Response:
     """An error in the shape of the API the path belongs to: OpenAI's object on /v1 (so the SDKs
@@ -165,7 +172,7 @@ class TeamMiddleware:
             elif _admin_only(path) and not key.admin:
                 refusal = error_reply(path, 403, f"{path} needs an admin API key")
             else:
-                counted = path in MODEL_PATHS
+                counted = _counted(path)
                 limits = Limits(key.rpm, key.tpm, key.concurrency)
                 admission = team.ledger().admit(key.id, limits, count=counted)
                 headers = ratelimit_headers(admission)

@@ -1,0 +1,108 @@
+"""Teams under attack and under load, on a live server with API keys (issue 24): the registry's
+/v2 routes obey a key's model list and limits, tokens per minute hold for a burst, and names of
+models that do not exist leave no trace in /metrics or the usage table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, LiveServer, start_server
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "gemma3:270m"
+KEYS = {
+    "root": ["--admin"],
+    "gemma": ["--models", MODEL],
+    "other": ["--models", "other:1b"],
+    "pulls": ["--rpm", "2"],
+    "thrifty": ["--tpm", "50"],
+    "curious": [],
+}
+
+
+def keys_cli(path: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "--keys-file", str(path),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@dataclass
+class Team:
+    server: LiveServer
+    keys: Path
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[name]}"}
+
+    def get(self, name: str, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, headers=self.headers(name), timeout=120)
+
+    def post(self, name: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(self.url + path, headers=self.headers(name), json=body, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def team(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    folder = tmp_path_factory.mktemp("hardened")
+    keys = folder / "keys.json"
+    secrets = {name: keys_cli(keys, "create", name, *flags).strip().splitlines()[-1]
+               for name, flags in KEYS.items()}
+    server = start_server(models_dir, folder / "serve.log", CORRAL_KEYS_FILE=str(keys),
+                          CORRAL_SERVE_REGISTRY="1", OLLAMA_KEEP_ALIVE="10m")
+    try:
+        yield Team(server, keys, secrets)
+    finally:
+        server.stop()
+
+
+# --- item 2: the registry's /v2 routes -------------------------------------------------------
+
+
+def test_the_registry_serves_a_key_only_its_models(team: Team) -> None:
+    copied = team.post("root", "/api/copy", {"source": MODEL, "destination": "private:1"})
+    assert copied.status_code == 200, copied.text
+    manifest = team.get("gemma", "/v2/library/gemma3/manifests/270m")
+    assert manifest.status_code == 200
+    layers = [layer["digest"] for layer in json.loads(manifest.content)["layers"]]
+    weights = max(json.loads(manifest.content)["layers"], key=lambda x: x["size"])["digest"]
+    blob = httpx.head(team.url + f"/v2/library/gemma3/blobs/{weights}",
+                      headers=team.headers("gemma"), timeout=60)
+    assert blob.status_code == 200
+
+    # A key limited to other:1b gets neither gemma3's manifest nor its bytes.
+    assert team.get("other", "/v2/library/gemma3/manifests/270m").status_code == 404
+    by_digest = "sha256:" + hashlib.sha256(manifest.content).hexdigest()
+    assert team.get("other", f"/v2/library/gemma3/manifests/{by_digest}").status_code == 404
+    for digest in layers:
+        refused = httpx.head(team.url + f"/v2/library/gemma3/blobs/{digest}",
+                             headers=team.headers("other"), timeout=60)
+        assert refused.status_code == 404, digest
+    # The same blob through a model the key may not use (private:1 holds gemma3's weights).
+    assert team.get("gemma", "/v2/library/private/manifests/1").status_code == 404
+    through = httpx.head(team.url + f"/v2/library/private/blobs/{weights}",
+                         headers=team.headers("gemma"), timeout=60)
+    assert through.status_code == 404
+    assert team.get("root", "/v2/library/private/manifests/1").status_code == 200
+
+
+def test_registry_downloads_count_against_the_keys_limits(team: Team) -> None:
+    statuses = [team.get("pulls", "/v2/library/gemma3/manifests/270m").status_code
+                for _ in range(3)]
+    assert statuses[:2] == [200, 200] and statuses[2] == 429, statuses
