@@ -130,7 +130,8 @@ def create_app(settings: Settings, store: Store,
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
               *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
-    team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
+    team = Team(KeyRing(settings.keys_file, settings.api_key, settings.open_without_keys),
+                metrics.Metrics(),
                 AccessLog(settings.access_log, pid=settings.http_workers > 1), routes,
                 fair_share=settings.fair_share, cache_isolation=settings.cache_isolation)
 

@@ -210,6 +210,9 @@ class Settings:
     # With API keys on, a key reuses only the prompt caches its own requests made (and the
     # shared SYSTEM prompt); CORRAL_CACHE_ISOLATION=0 shares them across keys (measurements).
     cache_isolation: bool = True
+    # Once a server has had API keys, no keys left means 401 for everyone; CORRAL_OPEN_WITHOUT_KEYS
+    # =1 trusts every caller again when there are none (gateway/team/keys.py).
+    open_without_keys: bool = False
     # The prompt cache beyond the slots (runner/process/promptcache.py): CORRAL_PROMPT_CACHE bytes
     # of host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
     # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the store) and
@@ -310,6 +313,8 @@ class Settings:
             kwargs["access_log"] = "off" if raw.lower() == "off" else str(Path(raw).expanduser())
         if raw := get("CORRAL_FAIR_SHARE"):
             kwargs["fair_share"] = _parse_bool("CORRAL_FAIR_SHARE", raw)
+        if raw := get("CORRAL_OPEN_WITHOUT_KEYS"):
+            kwargs["open_without_keys"] = _parse_bool("CORRAL_OPEN_WITHOUT_KEYS", raw)
         if raw := get("CORRAL_CACHE_ISOLATION"):
             kwargs["cache_isolation"] = _parse_bool("CORRAL_CACHE_ISOLATION", raw)
         if raw := get("CORRAL_PROMPT_CACHE"):

@@ -71,7 +71,15 @@ def test_keyring_reloads_on_change_and_fails_closed(tmp_path: Path) -> None:
     assert ring.current().enabled and ring.current().find(secret).name == "alice"
     assert ring.current().find("corral-wrong") is None
     KeysFile(path).revoke("alice")
-    assert not ring.current().enabled
+    # Auth has been on: no key left means nobody gets in, not everybody (issue 24).
+    assert ring.current().enabled and ring.current().closed
+    assert ring.current().find(secret) is None
+    path.unlink()
+    assert ring.current().closed
+    assert KeyRing(path).current().closed  # a restart remembers it (the marker file)
+    opened = KeyRing(path, open_without_keys=True).current()  # CORRAL_OPEN_WITHOUT_KEYS=1
+    assert not opened.enabled
+    assert not KeyRing(tmp_path / "never.json").current().enabled  # never had keys: open
     path.write_text("{not json")
     broken = ring.current()
     assert broken.enabled and "not valid JSON" in (broken.error or "")

@@ -106,3 +106,42 @@ def test_registry_downloads_count_against_the_keys_limits(team: Team) -> None:
     statuses = [team.get("pulls", "/v2/library/gemma3/manifests/270m").status_code
                 for _ in range(3)]
     assert statuses[:2] == [200, 200] and statuses[2] == 429, statuses
+
+
+# --- item 3: no keys left after auth was on --------------------------------------------------
+
+
+def test_revoking_the_last_key_closes_the_server(models_dir: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    secret = keys_cli(keys, "create", "only", "--admin").strip().splitlines()[-1]
+    log = tmp_path / "serve.log"
+    server = start_server(models_dir, log, CORRAL_KEYS_FILE=str(keys))
+    try:
+        assert httpx.get(server.url + "/api/tags", timeout=30).status_code == 401
+        assert httpx.get(server.url + "/api/tags", timeout=30,
+                         headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+        keys_cli(keys, "revoke", "only")
+        for method, path in (("GET", "/api/tags"), ("GET", "/metrics"),
+                             ("POST", "/api/copy"), ("DELETE", "/api/delete")):
+            reply = httpx.request(method, server.url + path, timeout=30,
+                                  json={"source": MODEL, "destination": "x", "model": "x"})
+            assert reply.status_code == 401, (path, reply.text)
+            assert "no API keys left" in reply.json()["error"]
+        assert "no API keys left" in log.read_text()
+        keys.unlink()  # a deleted keys file is no different
+        assert httpx.get(server.url + "/api/tags", timeout=30).status_code == 401
+        assert httpx.get(server.url + "/", timeout=30).status_code == 200  # health stays open
+    finally:
+        server.stop()
+    # A restart remembers that authentication was on, until the operator says otherwise.
+    again = start_server(models_dir, tmp_path / "serve-2.log", CORRAL_KEYS_FILE=str(keys))
+    try:
+        assert httpx.get(again.url + "/api/tags", timeout=30).status_code == 401
+    finally:
+        again.stop()
+    opened = start_server(models_dir, tmp_path / "serve-3.log", CORRAL_KEYS_FILE=str(keys),
+                          CORRAL_OPEN_WITHOUT_KEYS="1")
+    try:
+        assert httpx.get(opened.url + "/api/tags", timeout=30).status_code == 200
+    finally:
+        opened.stop()

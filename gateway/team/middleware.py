@@ -162,6 +162,10 @@ class TeamMiddleware:
             if keys.error is not None:
                 refusal = error_reply(path, 500, f"the server's keys file is invalid: "
                                                  f"{keys.error}")
+            elif keys.closed:
+                refusal = error_reply(path, 401, "this server has no API keys left: "
+                                                 "authentication stays on until an operator "
+                                                 "creates a key or opens the server")
             elif secret is None:
                 refusal = error_reply(path, 401, "missing API key: send the header "
                                                  "'Authorization: Bearer <key>'")
