@@ -68,8 +68,10 @@ def _error(request: Request, status: int, message: str, param: str | None = None
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
     # OpenAI's error object can name the field at fault (openai.InvalidParam).
-    return _error(request, exc.status, exc.message, getattr(exc, "param", None),
-                  getattr(exc, "code", None))
+    response = _error(request, exc.status, exc.message, getattr(exc, "param", None),
+                      getattr(exc, "code", None))
+    response.headers.update(getattr(exc, "headers", None) or {})  # Retry-After of a 429, 503
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -427,6 +427,7 @@ class Inference:
                 inside = self._jinja_opens_thinking(job.model, messages or [], tool_list,
                                                     template_vars, think.markers)
             thinker = think.parser(inside)
+        team.reserve_tokens(self._token_estimate(job, prompt, messages))
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,
@@ -437,6 +438,21 @@ class Inference:
         if count_thinking and thinker is not None:
             count = functools.partial(self.count_tokens, job)
         return await Generation.start(self._stream(job, request), parser, thinker, count)
+
+    @staticmethod
+    def _token_estimate(job: Job, prompt: str | None, messages: list[Message] | None) -> int:
+        """What a generation may cost the key's tokens per minute, reserved before it starts:
+        its prompt (a token for every three bytes, and 16 for the template's own: more than
+        most text takes, so that a burst cannot overdraw by the estimate's error) and its cap on
+        new tokens (num_predict, else the context length). Settled against the real counts when
+        the reply ends."""
+        size = len((prompt or "").encode())
+        for message in messages or ():
+            content = message.get("content")
+            size += len(content.encode()) if isinstance(content, str) else 0
+        cap = job.options.get("num_predict")
+        cap = int(cap) if isinstance(cap, int | float) and cap >= 0 else job.load.num_ctx
+        return size // 3 + 16 + cap
 
     @staticmethod
     def _jinja_opens_thinking(model: LocalModel, messages: list[Message],

@@ -257,3 +257,18 @@ def test_access_log_to_a_file_or_off(tmp_path: Path) -> None:
     off = AccessLog("off")
     off.write({"key": "carol"})  # nowhere, and no error
     assert not off.enabled
+
+
+def test_a_reservation_is_taken_at_admission_and_settled_after(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    limits = Limits(tpm=60)  # a token a second
+    assert ledger.reserve("k", limits, 40, now=0.0).allowed  # 60 -> 20
+    assert ledger.reserve("k", limits, 40, now=0.0).allowed  # 20 -> -20: one overdraw
+    refused = ledger.reserve("k", limits, 40, now=0.0)  # the burst's third: refused
+    assert not refused.allowed and refused.reason == "tokens"
+    assert refused.retry_after == pytest.approx(21.0)
+    # Each used 10: the unused 30 of each reservation comes back.
+    for _ in range(2):
+        ledger.finish("k", limits, model="m", prompt_tokens=5, generated_tokens=5,
+                      counted=False, reserved=40, now=0.0)
+    assert ledger.admit("k", limits, count=False, now=0.0).tokens.remaining == 40

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,28 @@ def test_registry_downloads_count_against_the_keys_limits(team: Team) -> None:
     statuses = [team.get("pulls", "/v2/library/gemma3/manifests/270m").status_code
                 for _ in range(3)]
     assert statuses[:2] == [200, 200] and statuses[2] == 429, statuses
+
+
+# --- item 4: tokens per minute under concurrency ---------------------------------------------
+
+
+def test_a_burst_cannot_overdraw_tokens_per_minute(team: Team) -> None:
+    def one(i: int) -> httpx.Response:
+        return team.post("thrifty", "/api/generate", {
+            "model": MODEL, "prompt": f"Say hello number {i}", "stream": False,
+            "options": {"num_predict": 8, "temperature": 0}})
+
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(one, range(20)))
+    ok = [r.json() for r in replies if r.status_code == 200]
+    refused = [r for r in replies if r.status_code == 429]
+    assert len(ok) + len(refused) == 20, [r.text for r in replies]
+    assert ok and refused, len(ok)
+    spent = [r["prompt_eval_count"] + r["eval_count"] for r in ok]
+    # The allowance (50) plus at most one reply's overdraw; before: all 20 passed (~400 tokens).
+    assert sum(spent) <= 50 + max(spent), spent
+    assert refused[0].headers["Retry-After"].isdigit()
+    assert "tokens per minute" in refused[0].json()["error"]
 
 
 # --- item 3: no keys left after auth was on --------------------------------------------------

@@ -11,13 +11,25 @@ middleware (unit tests calling `Inference` directly) there is no record and ever
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from gateway.team.keys import ANONYMOUS, ApiKey
 from registry.names import ModelName
 from shared import protocol as p
-from shared.errors import BadRequest, Forbidden
+from shared.errors import BadRequest, CorralError, Forbidden
+
+
+class RateLimited(CorralError):
+    """429 from inside a route (a token reservation refused), with its Retry-After and
+    x-ratelimit-* headers."""
+
+    status = 429
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 @dataclass(eq=False)
@@ -33,6 +45,9 @@ class RequestRecord:
     first_token: float | None = None  # seconds after `started`
     queue_waits: list[float] = field(default_factory=list)  # seconds in the runner's queue
     token_gaps: list[float] = field(default_factory=list)  # seconds between chunks
+    reserved: int = 0  # tokens taken from the key's tokens-per-minute bucket before the reply
+    # Takes tokens from the key's bucket or raises RateLimited (the middleware's, with keys on).
+    reserver: Callable[[int], None] | None = None
 
     @property
     def key_name(self) -> str:
@@ -125,6 +140,15 @@ def may_set_keep_alive() -> bool:
     """Only admin keys choose how long models stay loaded; others get the server's keep-alive."""
     record = _current.get()
     return record is None or record.admin
+
+
+def reserve_tokens(tokens: int) -> None:
+    """Reserve a generation's tokens (its prompt and its cap on new ones) against the key's
+    tokens per minute before it starts; 429 when the bucket is empty. Settled at the end."""
+    record = _current.get()
+    if record is not None and record.reserver is not None and tokens > 0:
+        record.reserver(tokens)
+        record.reserved += tokens
 
 
 def cache_salt() -> str:

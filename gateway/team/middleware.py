@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +189,8 @@ class TeamMiddleware:
         record = context.RequestRecord(key, (key.name if key else ANONYMOUS)
                                        if team.fair_share else "",
                                        key.id if key and team.cache_isolation else "")
+        if key is not None and key.tpm and refusal is None:
+            record.reserver = self._reserver(key)
         context.begin(record)
         status = 500  # unless a reply starts
         extra = [(k.encode(), v.encode()) for k, v in headers.items()]
@@ -210,6 +212,16 @@ class TeamMiddleware:
         finally:
             self._finish(scope, record, status, counted)
 
+    def _reserver(self, key: ApiKey) -> Callable[[int], None]:
+        def reserve(tokens: int) -> None:
+            admission = self.team.ledger().reserve(key.id, Limits(key.rpm, key.tpm,
+                                                                  key.concurrency), tokens)
+            if not admission.allowed:
+                headers = {**ratelimit_headers(admission),
+                           "Retry-After": str(max(1, math.ceil(admission.retry_after)))}
+                raise context.RateLimited(_refusal(key, admission), headers)
+        return reserve
+
     def _finish(self, scope: Scope, record: context.RequestRecord, status: int,
                 counted: bool) -> None:
         """Usage, token charges, metrics and the access log, once the reply has gone out."""
@@ -222,7 +234,8 @@ class TeamMiddleware:
                 team.ledger().finish(
                     key.id, Limits(key.rpm, key.tpm, key.concurrency), model=model,
                     prompt_tokens=record.prompt_tokens,
-                    generated_tokens=record.generated_tokens, counted=counted)
+                    generated_tokens=record.generated_tokens, counted=counted,
+                    reserved=record.reserved)
         except Exception:  # never lose the reply over bookkeeping; say so loudly
             log.exception("could not record the usage of API key %s", name)
         m = team.metrics
