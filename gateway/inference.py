@@ -317,7 +317,9 @@ class Inference:
         if not name or not isinstance(name, str):
             raise BadRequest("model is required")
         team.check_model(name)  # 403 for a model the request's API key may not use
-        return self.store.get(name)
+        model = self.store.get(name)
+        team.found_model(model.name)
+        return model
 
     def job(self, model: LocalModel, raw_options: Any, keep_alive: Any,
             extra_options: dict[str, Any] | None = None) -> Job:

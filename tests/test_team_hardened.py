@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.team.ledger import ledger_path
 from tests.conftest import ROOT, LiveServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -129,6 +131,28 @@ def test_a_burst_cannot_overdraw_tokens_per_minute(team: Team) -> None:
     assert sum(spent) <= 50 + max(spent), spent
     assert refused[0].headers["Retry-After"].isdigit()
     assert "tokens per minute" in refused[0].json()["error"]
+
+
+# --- item 5: names of models that do not exist ----------------------------------------------
+
+
+def test_unknown_models_leave_no_series_and_no_usage(team: Team) -> None:
+    for i, (path, body) in enumerate([
+            ("/api/generate", {"prompt": "hi"}), ("/api/chat", {"messages": []}),
+            ("/api/show", {}), ("/v1/chat/completions", {"messages": [
+                {"role": "user", "content": "hi"}]})]):
+        reply = team.post("curious", path, {"model": f"nowhere-{i}:latest", **body})
+        assert reply.status_code == 404, reply.text
+    assert team.get("curious", "/v1/models/nowhere-9").status_code == 404
+    metrics = team.get("root", "/metrics").text
+    assert "nowhere" not in metrics
+    unknown = [line for line in metrics.splitlines()
+               if line.startswith("corral_requests_total{") and 'key="curious"' in line]
+    assert unknown and all('model=""' in line for line in unknown), unknown
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in unknown) == 5
+    with sqlite3.connect(ledger_path(team.keys)) as db:
+        models = [row[0] for row in db.execute("SELECT model FROM usage")]
+    assert not [m for m in models if "nowhere" in m], models
 
 
 # --- item 3: no keys left after auth was on --------------------------------------------------

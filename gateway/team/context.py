@@ -59,14 +59,15 @@ class RequestRecord:
 
     def use_model(self, name: str) -> None:
         """The request names `name`: 403 when its key may not use it (checked before the model
-        is looked up, so a key learns nothing of models it may not use)."""
+        is looked up, so a key learns nothing of models it may not use). The record takes the
+        name only once the store has found the model (`found_model`): names of models that do
+        not exist must not grow the metrics' labels or the usage table."""
         try:
             parsed = ModelName.parse(name)
         except BadRequest:
             return  # the store answers "invalid model name"
         if self.key is not None and not self.key.may_use(parsed):
             raise Forbidden(f'this API key may not use model "{name}"')
-        self.model = parsed.display()
 
     def stream(self) -> StreamTimes:
         return StreamTimes(self)
@@ -122,6 +123,13 @@ def check_model(name: str) -> None:
     record = _current.get()
     if record is not None:
         record.use_model(name)
+
+
+def found_model(name: ModelName) -> None:
+    """The store found the request's model: usage, metrics and the access log name it."""
+    record = _current.get()
+    if record is not None:
+        record.model = name.display()
 
 
 def visible(name: ModelName | str) -> bool:
