@@ -429,7 +429,7 @@ class Inference:
                 inside = self._jinja_opens_thinking(job.model, messages or [], tool_list,
                                                     template_vars, think.markers)
             thinker = think.parser(inside)
-        team.reserve_tokens(self._token_estimate(job, prompt, messages))
+        await team.reserve_tokens(self._token_estimate(job, prompt, messages))
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,

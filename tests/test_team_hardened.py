@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -153,6 +154,30 @@ def test_unknown_models_leave_no_series_and_no_usage(team: Team) -> None:
     with sqlite3.connect(ledger_path(team.keys)) as db:
         models = [row[0] for row in db.execute("SELECT model FROM usage")]
     assert not [m for m in models if "nowhere" in m], models
+
+
+# --- item 7: a locked ledger ----------------------------------------------------------------
+
+
+def test_a_locked_ledger_is_a_503_and_never_stalls_the_loop(team: Team) -> None:
+    assert team.get("curious", "/api/tags").status_code == 200  # the ledger file exists
+    holder = sqlite3.connect(ledger_path(team.keys), isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # as another HTTP process stuck mid-write would
+        with ThreadPoolExecutor(1) as pool:
+            locked = pool.submit(team.get, "curious", "/api/tags")
+            # While that request waits for the lock, the event loop serves others: before, the
+            # health check waited behind SQLite's 5 s lock timeout on the loop's thread.
+            time.sleep(0.5)
+            assert httpx.get(team.url + "/", timeout=30).status_code == 200
+            assert not locked.done()
+            reply = locked.result(timeout=120)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Retry-After"] == "1" and "ledger is busy" in reply.json()["error"]
+    assert team.get("curious", "/api/tags").status_code == 200  # and back once it is free
 
 
 # --- item 3: no keys left after auth was on --------------------------------------------------

@@ -11,7 +11,7 @@ middleware (unit tests calling `Inference` directly) there is no record and ever
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -47,7 +47,7 @@ class RequestRecord:
     token_gaps: list[float] = field(default_factory=list)  # seconds between chunks
     reserved: int = 0  # tokens taken from the key's tokens-per-minute bucket before the reply
     # Takes tokens from the key's bucket or raises RateLimited (the middleware's, with keys on).
-    reserver: Callable[[int], None] | None = None
+    reserver: Callable[[int], Awaitable[None]] | None = None
 
     @property
     def key_name(self) -> str:
@@ -150,12 +150,12 @@ def may_set_keep_alive() -> bool:
     return record is None or record.admin
 
 
-def reserve_tokens(tokens: int) -> None:
+async def reserve_tokens(tokens: int) -> None:
     """Reserve a generation's tokens (its prompt and its cap on new ones) against the key's
     tokens per minute before it starts; 429 when the bucket is empty. Settled at the end."""
     record = _current.get()
     if record is not None and record.reserver is not None and tokens > 0:
-        record.reserver(tokens)
+        await record.reserver(tokens)
         record.reserved += tokens
 
 

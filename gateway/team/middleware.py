@@ -14,12 +14,15 @@ callers as Ollama does: every request is `anonymous`, and only the bookkeeping r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -32,8 +35,12 @@ from gateway.routes.openai import error_body
 from gateway.team import context
 from gateway.team.keys import ANONYMOUS, ApiKey, KeyRing
 from gateway.team.ledger import Admission, Ledger, Limits, ledger_path
+from shared.errors import ServerBusy
 
 log = logging.getLogger("corral.team")
+T = TypeVar("T")
+LEDGER_BUSY = ("the usage ledger is busy (its database is locked by another process); "
+               "please retry")
 
 OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/openapi.json"), ("HEAD", "/openapi.json")}
 ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/push", "/metrics"}
@@ -121,16 +128,41 @@ class Team:
     fair_share: bool = True
     cache_isolation: bool = True  # a key's requests reuse only its own prompt caches
     _ledger: Ledger | None = field(default=None, repr=False)
+    _thread: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def ledger(self) -> Ledger:
-        """Opened on the first authenticated request: a server without keys never makes one."""
+        """Opened on the first authenticated request: a server without keys never makes one.
+        Used only on the ledger's thread (`in_ledger`, `after`)."""
         if self._ledger is None:
             self._ledger = Ledger(ledger_path(self.keyring.file.path))
         return self._ledger
 
+    def _executor(self) -> ThreadPoolExecutor:
+        # One thread: SQLite's connection stays on it, and the work runs in the order it came
+        # (a request's end is recorded before a later request of that process is admitted).
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="corral-ledger")
+        return self._thread
+
+    async def in_ledger(self, work: Callable[[Ledger], T]) -> T:
+        """Run `work` on the ledger's thread: a lock held by another process (up to the
+        ledger's timeout) never stalls the event loop and every stream on it."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor(), lambda: work(self.ledger()))
+
+    def after(self, work: Callable[[Ledger], None], what: str) -> None:
+        """Run `work` on the ledger's thread without waiting for it (a finished request's
+        bookkeeping: the reply has gone out already)."""
+        def report(done: Future[None]) -> None:
+            if (error := done.exception()) is not None:  # never lose a reply over bookkeeping
+                log.error("could not record %s: %s", what, error)
+        self._executor().submit(lambda: work(self.ledger())).add_done_callback(report)
+
     def close(self) -> None:
-        if self._ledger is not None:
-            self._ledger.close()
+        if self._thread is not None:
+            if self._ledger is not None:
+                self._thread.submit(self._ledger.close).result()
+            self._thread.shutdown()
         self.access_log.close()
 
     def route_of(self, scope: Scope) -> str:
@@ -178,9 +210,16 @@ class TeamMiddleware:
             else:
                 counted = _counted(path)
                 limits = Limits(key.rpm, key.tpm, key.concurrency)
-                admission = team.ledger().admit(key.id, limits, count=counted)
+                try:
+                    admission = await team.in_ledger(
+                        lambda ledger: ledger.admit(key.id, limits, count=counted))
+                except sqlite3.OperationalError as exc:  # locked past its timeout: retry soon
+                    log.warning("API key %s refused: the ledger is busy (%s)", key.name, exc)
+                    counted = False
+                    refusal = error_reply(path, 503, LEDGER_BUSY, {"Retry-After": "1"})
+                    admission = Admission(False)
                 headers = ratelimit_headers(admission)
-                if not admission.allowed:
+                if refusal is None and not admission.allowed:
                     counted = False
                     refusal = error_reply(path, 429, _refusal(key, admission), {
                         **headers, "Retry-After": str(max(1, math.ceil(admission.retry_after)))})
@@ -212,10 +251,16 @@ class TeamMiddleware:
         finally:
             self._finish(scope, record, status, counted)
 
-    def _reserver(self, key: ApiKey) -> Callable[[int], None]:
-        def reserve(tokens: int) -> None:
-            admission = self.team.ledger().reserve(key.id, Limits(key.rpm, key.tpm,
-                                                                  key.concurrency), tokens)
+    def _reserver(self, key: ApiKey) -> Callable[[int], Awaitable[None]]:
+        async def reserve(tokens: int) -> None:
+            limits = Limits(key.rpm, key.tpm, key.concurrency)
+            try:
+                admission = await self.team.in_ledger(
+                    lambda ledger: ledger.reserve(key.id, limits, tokens))
+            except sqlite3.OperationalError:
+                busy = ServerBusy(LEDGER_BUSY)
+                busy.headers = {"Retry-After": "1"}  # type: ignore[attr-defined]
+                raise busy from None
             if not admission.allowed:
                 headers = {**ratelimit_headers(admission),
                            "Retry-After": str(max(1, math.ceil(admission.retry_after)))}
@@ -229,15 +274,13 @@ class TeamMiddleware:
         total = time.perf_counter() - record.started
         route, model, name = team.route_of(scope), record.model, record.key_name
         key = record.key
-        try:
-            if key is not None:
-                team.ledger().finish(
-                    key.id, Limits(key.rpm, key.tpm, key.concurrency), model=model,
-                    prompt_tokens=record.prompt_tokens,
-                    generated_tokens=record.generated_tokens, counted=counted,
-                    reserved=record.reserved)
-        except Exception:  # never lose the reply over bookkeeping; say so loudly
-            log.exception("could not record the usage of API key %s", name)
+        if key is not None:
+            limits = Limits(key.rpm, key.tpm, key.concurrency)
+            prompt, generated, reserved = (record.prompt_tokens, record.generated_tokens,
+                                           record.reserved)
+            team.after(lambda ledger: ledger.finish(
+                key.id, limits, model=model, prompt_tokens=prompt, generated_tokens=generated,
+                counted=counted, reserved=reserved), f"the usage of API key {name}")
         m = team.metrics
         m.requests.labels(route, model, str(status), name).inc()
         m.request_duration.labels(route, model).observe(total)
