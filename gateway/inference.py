@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.options import check_options, load_request, merge_options, sampling_options
+from gateway.options import (
+    LOAD_OPTION_NAMES,
+    check_options,
+    load_request,
+    merge_options,
+    sampling_options,
+)
 from gateway.team import context as team
 from gateway.thinking import (
     Markers,
@@ -326,6 +332,10 @@ class Inference:
         requested = check_options(raw_options)
         if extra_options:
             requested.update(check_options(extra_options))
+        if not team.may_set_keep_alive():
+            # As keep_alive: only admin keys choose how a shared runner is loaded (num_ctx and
+            # the rest would reload it and drop every key's cache); the server's settings apply.
+            requested = {k: v for k, v in requested.items() if k not in LOAD_OPTION_NAMES}
         options = merge_options(model.params, requested)
         if model.model_path is None:
             raise BadRequest(f"{model.display()} has no model weights")

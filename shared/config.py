@@ -137,6 +137,18 @@ def parse_host(value: str | None) -> HostAddress:
     return HostAddress(scheme, host, port if port is not None else default_port)
 
 
+MIN_API_KEY_CHARS = 32  # `corral keys create` makes 43 random characters (256 bits)
+
+
+def _check_api_key(raw: str) -> str:
+    """CORRAL_API_KEY opens the whole server as an admin: refuse one that can be guessed."""
+    if len(raw) < MIN_API_KEY_CHARS or len(set(raw)) < 10:
+        raise ConfigError(f"CORRAL_API_KEY is too weak: use at least {MIN_API_KEY_CHARS} "
+                          "random characters (`openssl rand -hex 32`, or the secret that "
+                          "`corral keys create NAME --admin` prints)")
+    return raw
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "t", "true", "yes", "on"):
@@ -306,7 +318,7 @@ class Settings:
         if raw := get("CORRAL_KEYS_FILE"):
             kwargs["keys_file"] = Path(raw).expanduser()
         if raw := get("CORRAL_API_KEY"):
-            kwargs["api_key"] = raw
+            kwargs["api_key"] = _check_api_key(raw)
         if raw := get("CORRAL_MAX_BODY"):
             kwargs["max_body"] = _parse_bytes("CORRAL_MAX_BODY", raw)
         if raw := get("CORRAL_ACCESS_LOG"):

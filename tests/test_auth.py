@@ -259,19 +259,22 @@ def test_keys_are_reloaded_without_a_restart(team: Team) -> None:
         time.sleep(0.05)
 
 
+ENV_SECRET = "sekrit-env-key-" + "0123456789abcdefghij"  # 34 characters: strong enough
+
+
 def test_env_api_key_is_an_admin_key(models_dir: Path, tmp_path: Path) -> None:
-    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_API_KEY="sekrit-env-key")
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_API_KEY=ENV_SECRET)
     try:
         assert httpx.get(server.url + "/api/tags").status_code == 401
-        ok = httpx.get(server.url + "/metrics", headers={"Authorization": "Bearer sekrit-env-key"})
+        ok = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {ENV_SECRET}"})
         assert ok.status_code == 200
         cli = subprocess.run([sys.executable, "-m", "gateway.cli", "list"], cwd=ROOT, timeout=60,
-                             env={**server.env, "CORRAL_API_KEY": "sekrit-env-key"},
+                             env={**server.env, "CORRAL_API_KEY": ENV_SECRET},
                              capture_output=True, text=True)
         assert cli.returncode == 0 and MODEL in cli.stdout  # the CLI sends the key
     finally:
         server.stop()
-    assert "sekrit-env-key" not in (tmp_path / "serve.log").read_text()
+    assert ENV_SECRET not in (tmp_path / "serve.log").read_text()
 
 
 def test_usage_is_counted_per_key_and_survives_a_restart(team: Team) -> None:

@@ -227,7 +227,7 @@ def test_keys_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert usage[1].split() == ["alice", "gemma3:270m", "1", "7", "3"]
     assert main([*base, "usage", "nobody"]) == 1
     assert main([*base, "revoke", "alice"]) == 0
-    assert "trusts every caller" in capsys.readouterr().out
+    assert "refuses every caller" in capsys.readouterr().out
     assert json.loads(path.read_text())["keys"] == []
 
 
@@ -272,3 +272,25 @@ def test_a_reservation_is_taken_at_admission_and_settled_after(tmp_path: Path) -
         ledger.finish("k", limits, model="m", prompt_tokens=5, generated_tokens=5,
                       counted=False, reserved=40, now=0.0)
     assert ledger.admit("k", limits, count=False, now=0.0).tokens.remaining == 40
+
+
+def test_the_keys_folder_is_made_private_even_when_it_existed(tmp_path: Path) -> None:
+    folder = tmp_path / "corral"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)  # as the prompt cache (or anything else) may have made it
+    KeysFile(folder / "keys.json").create("alice")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_the_prompt_cache_makes_its_folders_private(tmp_path: Path) -> None:
+    from runner.process import promptdisk
+    from runner.process.promptcache import PromptCache, State
+
+    cache = PromptCache(10_000)
+    cache.put([1, 2, 3], [State(3, b"x" * 10)], uses=2)
+    settings = {"model": "m"}
+    path = promptdisk.cache_file(str(tmp_path / "corral" / "prompt-cache"), "/b/sha256-a",
+                                 settings)
+    assert promptdisk.save(cache, path, settings, budget=1000) == 1
+    for folder in (tmp_path / "corral", path.parent.parent, path.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

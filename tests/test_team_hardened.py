@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from gateway.team.ledger import ledger_path
@@ -69,7 +72,8 @@ def team(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     secrets = {name: keys_cli(keys, "create", name, *flags).strip().splitlines()[-1]
                for name, flags in KEYS.items()}
     server = start_server(models_dir, folder / "serve.log", CORRAL_KEYS_FILE=str(keys),
-                          CORRAL_SERVE_REGISTRY="1", OLLAMA_KEEP_ALIVE="10m")
+                          CORRAL_SERVE_REGISTRY="1", OLLAMA_KEEP_ALIVE="10m",
+                          CORRAL_ACCESS_LOG=str(folder / "access.log"))
     try:
         yield Team(server, keys, secrets)
     finally:
@@ -178,6 +182,63 @@ def test_a_locked_ledger_is_a_503_and_never_stalls_the_loop(team: Team) -> None:
     assert reply.status_code == 503, reply.text
     assert reply.headers["Retry-After"] == "1" and "ledger is busy" in reply.json()["error"]
     assert team.get("curious", "/api/tags").status_code == 200  # and back once it is free
+
+
+# --- item 6: the smaller ones -----------------------------------------------------------------
+
+
+def test_a_non_admin_key_cannot_reload_a_shared_runner(team: Team) -> None:
+    def loaded() -> dict[str, Any]:
+        models = team.get("root", "/api/ps").json()["models"]
+        return next(m for m in models if m["name"] == MODEL)
+
+    body = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+    assert team.post("root", "/api/generate", body).status_code == 200
+    before = loaded()
+    asked = team.post("curious", "/api/generate", {
+        **body, "options": {"num_predict": 1, "num_ctx": before["context_length"] // 2,
+                            "num_batch": 64}})
+    assert asked.status_code == 200, asked.text
+    after = loaded()  # the same runner, as the server's settings load it
+    assert after["context_length"] == before["context_length"]
+    assert after["corral"]["pid"] == before["corral"]["pid"]
+
+
+def test_the_access_log_is_private_and_cuts_unknown_paths(team: Team) -> None:
+    log = Path(team.server.env["CORRAL_ACCESS_LOG"])
+    assert team.get("curious", "/api/version").status_code == 200
+    probe = team.get("curious", "/wp-admin/token=hunter2-secret")
+    assert probe.status_code == 404
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "hunter2" not in log.read_text()
+    assert {"path": "other", "route": "other"}.items() <= lines[-1].items()
+    assert any(line["path"] == "/api/version" for line in lines)
+
+
+def test_runners_get_neither_the_api_key_nor_the_listening_socket(
+        models_dir: Path, tmp_path: Path) -> None:
+    weak = tmp_path / "weak.log"
+    with pytest.raises(RuntimeError, match="too weak"):
+        start_server(models_dir, weak, CORRAL_API_KEY="sekrit-env-key")
+    strong = "corral-" + secrets.token_urlsafe(32)
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_API_KEY=strong,
+                          CORRAL_KEYS_FILE=str(tmp_path / "keys.json"))
+    try:
+        reply = httpx.post(server.url + "/api/generate", timeout=300,
+                           headers={"Authorization": f"Bearer {strong}"},
+                           json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                 "options": {"num_predict": 1}})
+        assert reply.status_code == 200, reply.text
+        [runner] = server.runner_pids()
+        environ = Path(f"/proc/{runner}/environ").read_bytes()
+        assert strong.encode() not in environ and b"CORRAL_API_KEY=" not in environ
+        port = int(server.host.rsplit(":", 1)[1])
+        listening = [c for c in psutil.Process(runner).net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listening == []
+    finally:
+        server.stop()
 
 
 # --- item 3: no keys left after auth was on --------------------------------------------------

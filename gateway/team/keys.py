@@ -156,7 +156,19 @@ def auth_marker(keys_file: Path) -> Path:
     return keys_file.with_name(keys_file.name + ".auth")
 
 
+def private_folder(folder: Path) -> None:
+    """The keys file's folder, made 0700, and made so again when it existed with more (another
+    part of corral, such as the prompt cache, may have made it first)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if folder.stat().st_mode & 0o077:
+            folder.chmod(0o700)
+    except OSError as exc:  # not ours to change: say so, the file itself stays 0600
+        log.warning("cannot make %s private (0700): %s", folder, exc.strerror)
+
+
 def _mark_auth_on(keys_file: Path) -> None:
+    private_folder(keys_file.parent)
     marker = auth_marker(keys_file)
     if marker.exists():
         return
@@ -197,7 +209,7 @@ class KeysFile:
     @contextlib.contextmanager
     def edit(self) -> Iterator[list[ApiKey]]:
         """The keys as a list to change in place; written back when the block ends cleanly."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(self.path.parent)
         lock = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
         try:

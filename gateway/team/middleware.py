@@ -299,7 +299,10 @@ class TeamMiddleware:
         client: Any = scope.get("client")
         team.access_log.write({
             "key": name, "remote": client[0] if client else None, "method": scope["method"],
-            "path": scope["path"], "route": route, "model": model or None, "status": status,
+            # An unknown route's path is whatever a caller sent (a scanner's probes, a secret
+            # pasted into a URL): the log keeps only that it matched no route.
+            "path": scope["path"] if route != "other" else route, "route": route,
+            "model": model or None, "status": status,
             "prompt_tokens": record.prompt_tokens, "generated_tokens": record.generated_tokens,
             "first_token_s": None if record.first_token is None else round(record.first_token, 4),
             "total_s": round(total, 4)})

@@ -37,6 +37,17 @@ def cache_file(root: str, model_path: str, settings: dict[str, Any]) -> Path:
     return Path(root) / Path(model_path).name / f"{fingerprint(settings)}.prompts"
 
 
+def _private_dirs(folder: Path) -> None:
+    """Make `folder` and the parents it lacks 0700: saved states hold users' prompts, and
+    ~/.ollama/corral/ is the keys file's folder too (mkdir's `mode` skips the parents)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+
+
 def save(cache: PromptCache, path: Path, settings: dict[str, Any], budget: int) -> int:
     """Write the entries used more than once, newest first, up to `budget` bytes of states;
     atomically (temp file + rename). Returns how many were written."""
@@ -56,7 +67,7 @@ def save(cache: PromptCache, path: Path, settings: dict[str, Any], budget: int) 
                                 for s in e.states]}
                     for e in chosen],
     }, use_bin_type=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".prompts-")
     try:
         with os.fdopen(fd, "wb") as f:
