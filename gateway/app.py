@@ -135,7 +135,8 @@ def create_app(settings: Settings, store: Store,
     team = Team(KeyRing(settings.keys_file, settings.api_key, settings.open_without_keys),
                 metrics.Metrics(),
                 AccessLog(settings.access_log, pid=settings.http_workers > 1), routes,
-                fair_share=settings.fair_share, cache_isolation=settings.cache_isolation)
+                fair_share=settings.fair_share, cache_isolation=settings.cache_isolation,
+                metrics_port=settings.metrics_listen.port if settings.metrics_listen else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

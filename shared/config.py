@@ -225,6 +225,9 @@ class Settings:
     # Once a server has had API keys, no keys left means 401 for everyone; CORRAL_OPEN_WITHOUT_KEYS
     # =1 trusts every caller again when there are none (gateway/team/keys.py).
     open_without_keys: bool = False
+    # CORRAL_METRICS_LISTEN=host:port: a second listener that answers only GET /metrics, with no
+    # API key (scrapers that send none: the Inference Extension's endpoint picker).
+    metrics_listen: HostAddress | None = None
     # The prompt cache beyond the slots (runner/process/promptcache.py): CORRAL_PROMPT_CACHE bytes
     # of host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
     # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the store) and
@@ -337,6 +340,18 @@ class Settings:
             kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
         if raw := get("CORRAL_HTTP_WORKERS"):
             kwargs["http_workers"] = _parse_int("CORRAL_HTTP_WORKERS", raw, minimum=1)
+        if raw := get("CORRAL_METRICS_LISTEN"):
+            try:
+                kwargs["metrics_listen"] = listen = parse_host(raw)
+            except ValueError as exc:
+                raise ConfigError(f"CORRAL_METRICS_LISTEN: {exc}; expected host:port, e.g. "
+                                  "0.0.0.0:9400") from None
+            if ":" not in raw or listen.port == kwargs["host"].port:  # type: ignore[attr-defined]
+                raise ConfigError("CORRAL_METRICS_LISTEN needs a port of its own, e.g. "
+                                  "0.0.0.0:9400")
+            if int(kwargs.get("http_workers", 1)) > 1:  # type: ignore[call-overload]
+                raise ConfigError("CORRAL_METRICS_LISTEN works with one HTTP process only "
+                                  "(CORRAL_HTTP_WORKERS=1)")
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from gateway.team.ledger import ledger_path
-from tests.conftest import ROOT, LiveServer, start_server
+from tests.conftest import ROOT, LiveServer, free_port, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -278,3 +278,25 @@ def test_revoking_the_last_key_closes_the_server(models_dir: Path, tmp_path: Pat
         assert httpx.get(opened.url + "/api/tags", timeout=30).status_code == 200
     finally:
         opened.stop()
+
+
+# --- item 8: /metrics for scrapers that send no key ------------------------------------------
+
+
+def test_the_metrics_listener_serves_only_metrics_without_a_key(
+        models_dir: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys_cli(keys, "create", "admin", "--admin")
+    port = free_port()
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_KEYS_FILE=str(keys),
+                          CORRAL_METRICS_LISTEN=f"127.0.0.1:{port}")
+    try:
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        assert scraped.status_code == 200 and "corral_requests_waiting" in scraped.text
+        for path in ("/api/tags", "/api/version", "/v1/models", "/"):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30).status_code == 404
+        assert httpx.post(f"http://127.0.0.1:{port}/api/generate", timeout=30,
+                          json={"model": MODEL}).status_code == 404
+        assert httpx.get(server.url + "/metrics", timeout=30).status_code == 401  # the API port
+    finally:
+        server.stop()

@@ -127,6 +127,7 @@ class Team:
     routes: Sequence[BaseRoute]
     fair_share: bool = True
     cache_isolation: bool = True  # a key's requests reuse only its own prompt caches
+    metrics_port: int | None = None  # CORRAL_METRICS_LISTEN's port: /metrics only, no key
     _ledger: Ledger | None = field(default=None, repr=False)
     _thread: ThreadPoolExecutor | None = field(default=None, repr=False)
 
@@ -183,6 +184,15 @@ class TeamMiddleware:
             await self.app(scope, receive, send)
             return
         team, path = self.team, scope["path"]
+        server = scope.get("server")
+        if team.metrics_port is not None and server and server[1] == team.metrics_port:
+            # The metrics listener: GET /metrics and nothing else, for scrapers that send no key.
+            if (scope["method"], path) in (("GET", "/metrics"), ("HEAD", "/metrics")):
+                await self.app(scope, receive, send)
+            else:
+                await Response(b"404 page not found", 404, media_type="text/plain")(
+                    scope, receive, send)
+            return
         keys = team.keyring.current()
         key: ApiKey | None = None
         counted = False
