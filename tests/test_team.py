@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -294,3 +296,20 @@ def test_the_prompt_cache_makes_its_folders_private(tmp_path: Path) -> None:
     assert promptdisk.save(cache, path, settings, budget=1000) == 1
     for folder in (tmp_path / "corral", path.parent.parent, path.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_opening_the_ledger_forgets_dead_owners_only(tmp_path: Path) -> None:
+    """A process that opens the ledger drops the requests in flight of processes that are gone
+    (crashed HTTP workers), never those of processes still serving (issue 24: wiping every row
+    on open passed the whole suite)."""
+    path = tmp_path / "l.sqlite"
+    limits = Limits(concurrency=5)
+    live, dead = Ledger(path), Ledger(path)
+    live.owner = f"{live.owner.rpartition(':')[0]}:{os.getppid()}"  # a process that is alive
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead.owner = f"{dead.owner.rpartition(':')[0]}:{gone.pid}"  # one that is not
+    for ledger in (live, live, dead):
+        assert ledger.admit("k", limits).allowed
+    Ledger(path)  # another process starting
+    assert live._inflight("k") == 2  # the live owner's two are still in flight
