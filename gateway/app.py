@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -82,6 +83,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # WebDAV's 507, plainly worded
+        log.error("no space left on the disk while serving %s: %s", request.url.path, exc)
+        return _error(request, 507, "the server's disk is full: no space left to write to")
     log.exception("unhandled error on %s", request.url.path)
     return _error(request, 500, f"internal error: {exc}")
 
