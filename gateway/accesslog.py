@@ -25,6 +25,10 @@ class AccessLog:
         self._logger = logging.Logger("corral.access", logging.INFO)
         if not self.enabled:
             return
+        if setting:  # who called what, when: readable by the server's user only
+            fd = os.open(setting, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
         handler: logging.Handler = (logging.handlers.WatchedFileHandler(setting, encoding="utf-8")
                                     if setting else logging.StreamHandler(sys.stderr))
         handler.setFormatter(logging.Formatter("%(message)s"))

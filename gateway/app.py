@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -68,8 +69,10 @@ def _error(request: Request, status: int, message: str, param: str | None = None
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
     # OpenAI's error object can name the field at fault (openai.InvalidParam).
-    return _error(request, exc.status, exc.message, getattr(exc, "param", None),
-                  getattr(exc, "code", None))
+    response = _error(request, exc.status, exc.message, getattr(exc, "param", None),
+                      getattr(exc, "code", None))
+    response.headers.update(getattr(exc, "headers", None) or {})  # Retry-After of a 429, 503
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -80,6 +83,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # WebDAV's 507, plainly worded
+        log.error("no space left on the disk while serving %s: %s", request.url.path, exc)
+        return _error(request, 507, "the server's disk is full: no space left to write to")
     log.exception("unhandled error on %s", request.url.path)
     return _error(request, 500, f"internal error: {exc}")
 
@@ -130,9 +136,11 @@ def create_app(settings: Settings, store: Store,
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
               *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
-    team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
+    team = Team(KeyRing(settings.keys_file, settings.api_key, settings.open_without_keys),
+                metrics.Metrics(),
                 AccessLog(settings.access_log, pid=settings.http_workers > 1), routes,
-                fair_share=settings.fair_share)
+                fair_share=settings.fair_share, cache_isolation=settings.cache_isolation,
+                metrics_port=settings.metrics_listen.port if settings.metrics_listen else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

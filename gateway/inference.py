@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.harmony import HarmonyCalls, HarmonyParser, speaks_harmony
-from gateway.options import check_options, load_request, merge_options, sampling_options
+from gateway.options import (
+    LOAD_OPTION_NAMES,
+    check_options,
+    load_request,
+    merge_options,
+    sampling_options,
+)
 from gateway.team import context as team
 from gateway.thinking import (
     Markers,
@@ -251,6 +257,24 @@ class Generation:
         raise CorralError("the runner ended the stream without a final message")
 
 
+_USER_MARK = "\x00corral-user-text\x00"
+
+
+@functools.lru_cache(maxsize=64)
+def shared_start(template: str, system: str | None) -> str:
+    """The start of a prompt that a model's TEMPLATE renders from its SYSTEM prompt alone, up to
+    where the user's text begins: public text, whose cache every API key may reuse. "" when
+    there is no SYSTEM prompt or the template will not say."""
+    if not system:
+        return ""
+    try:
+        text = gotemplate.render_chat(template, [{"role": "system", "content": system},
+                                                 {"role": "user", "content": _USER_MARK}])
+    except gotemplate.TemplateError:
+        return ""
+    return text.split(_USER_MARK, 1)[0] if _USER_MARK in text else ""
+
+
 def vector(raw: bytes, dimensions: int | None = None) -> list[float]:
     """A runner's float32 vector as floats, cut to `dimensions` and re-normalised if asked."""
     values = array("f")
@@ -306,7 +330,9 @@ class Inference:
         if not name or not isinstance(name, str):
             raise BadRequest("model is required")
         team.check_model(name)  # 403 for a model the request's API key may not use
-        return self.store.get(name)
+        model = self.store.get(name)
+        team.found_model(model.name)
+        return model
 
     @staticmethod
     def with_template(model: LocalModel, text: str) -> LocalModel:
@@ -334,6 +360,10 @@ class Inference:
         requested = check_options(raw_options)
         if extra_options:
             requested.update(check_options(extra_options))
+        if not team.may_set_keep_alive():
+            # As keep_alive: only admin keys choose how a shared runner is loaded (num_ctx and
+            # the rest would reload it and drop every key's cache); the server's settings apply.
+            requested = {k: v for k, v in requested.items() if k not in LOAD_OPTION_NAMES}
         options = merge_options(model.params, requested)
         if model.model_path is None:
             raise BadRequest(f"{model.display()} has no model weights")
@@ -415,13 +445,19 @@ class Inference:
             think = think.constrained()
         value = think.value if think else None
         template_vars = None
+        # With keys on: the key's cache salt, and the start every key may share (the model's
+        # SYSTEM prompt, set by an admin); a prompt sent as it is shares nothing.
+        salt = team.cache_salt()
+        shared = ""
         if prompt is None and messages is not None:
+            shared = (job.model.system or "") if salt else ""
             rendered = self.template_prompt(job.model, messages, tool_list, value,
                                             as_written=as_written)
             if rendered is not None:  # the stop strings come from the model's params
                 if truncate:
                     rendered = await self._fit(job, messages, tool_list, rendered, value)
                 prompt, messages = rendered, None
+                shared = shared_start(job.model.template or "", job.model.system) if salt else ""
             else:  # the runner renders the GGUF's Jinja template
                 template_vars = jinja_variables(value) or None
         thinker: ThinkingParser | HarmonyParser | None = None
@@ -432,10 +468,12 @@ class Inference:
                 inside = self._jinja_opens_thinking(job.model, messages or [], tool_list,
                                                     template_vars, think.markers)
             thinker = think.parser(inside)
+        await team.reserve_tokens(self._token_estimate(job, prompt, messages))
         request = p.Generate(0, prompt, messages, sampling_options(job.options), truncate,
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,
-                             tenant=team.tenant(), whole=whole)
+                             tenant=team.tenant(), whole=whole, cache_salt=salt,
+                             shared_prefix=shared)
         parser: CallParser | XmlCallParser | HarmonyCalls | None = \
             tools.parser() if tools else None
         if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser")):
@@ -446,6 +484,21 @@ class Inference:
         if count_thinking and thinker is not None:
             count = functools.partial(self.count_tokens, job)
         return await Generation.start(self._stream(job, request), parser, thinker, count)
+
+    @staticmethod
+    def _token_estimate(job: Job, prompt: str | None, messages: list[Message] | None) -> int:
+        """What a generation may cost the key's tokens per minute, reserved before it starts:
+        its prompt (a token for every three bytes, and 16 for the template's own: more than
+        most text takes, so that a burst cannot overdraw by the estimate's error) and its cap on
+        new tokens (num_predict, else the context length). Settled against the real counts when
+        the reply ends."""
+        size = len((prompt or "").encode())
+        for message in messages or ():
+            content = message.get("content")
+            size += len(content.encode()) if isinstance(content, str) else 0
+        cap = job.options.get("num_predict")
+        cap = int(cap) if isinstance(cap, int | float) and cap >= 0 else job.load.num_ctx
+        return size // 3 + 16 + cap
 
     @staticmethod
     def _jinja_opens_thinking(model: LocalModel, messages: list[Message],

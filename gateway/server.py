@@ -48,6 +48,9 @@ def hypercorn_config(settings: Settings) -> Config:
     host = settings.host.host
     config.bind = [f"[{host}]:{settings.host.port}" if ":" in host else
                    f"{host}:{settings.host.port}"]
+    if (metrics := settings.metrics_listen) is not None:  # /metrics only (team middleware)
+        config.bind.append(f"[{metrics.host}]:{metrics.port}" if ":" in metrics.host else
+                           f"{metrics.host}:{metrics.port}")
     config.accesslog = "-" if settings.debug else None
     config.errorlog = "-"
     config.keep_alive_timeout = 75

@@ -137,6 +137,18 @@ def parse_host(value: str | None) -> HostAddress:
     return HostAddress(scheme, host, port if port is not None else default_port)
 
 
+MIN_API_KEY_CHARS = 32  # `corral keys create` makes 43 random characters (256 bits)
+
+
+def _check_api_key(raw: str) -> str:
+    """CORRAL_API_KEY opens the whole server as an admin: refuse one that can be guessed."""
+    if len(raw) < MIN_API_KEY_CHARS or len(set(raw)) < 10:
+        raise ConfigError(f"CORRAL_API_KEY is too weak: use at least {MIN_API_KEY_CHARS} "
+                          "random characters (`openssl rand -hex 32`, or the secret that "
+                          "`corral keys create NAME --admin` prints)")
+    return raw
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "t", "true", "yes", "on"):
@@ -207,6 +219,15 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     access_log: str = ""
     fair_share: bool = True
+    # With API keys on, a key reuses only the prompt caches its own requests made (and the
+    # shared SYSTEM prompt); CORRAL_CACHE_ISOLATION=0 shares them across keys (measurements).
+    cache_isolation: bool = True
+    # Once a server has had API keys, no keys left means 401 for everyone; CORRAL_OPEN_WITHOUT_KEYS
+    # =1 trusts every caller again when there are none (gateway/team/keys.py).
+    open_without_keys: bool = False
+    # CORRAL_METRICS_LISTEN=host:port: a second listener that answers only GET /metrics, with no
+    # API key (scrapers that send none: the Inference Extension's endpoint picker).
+    metrics_listen: HostAddress | None = None
     # The prompt cache beyond the slots (runner/process/promptcache.py): CORRAL_PROMPT_CACHE bytes
     # of host RAM per runner (-1 = by the free RAM and the model's KV size; 0 = off), and the copy
     # kept across reloads: CORRAL_PROMPT_CACHE_DIR (None = corral/prompt-cache beside the store) and
@@ -300,13 +321,17 @@ class Settings:
         if raw := get("CORRAL_KEYS_FILE"):
             kwargs["keys_file"] = Path(raw).expanduser()
         if raw := get("CORRAL_API_KEY"):
-            kwargs["api_key"] = raw
+            kwargs["api_key"] = _check_api_key(raw)
         if raw := get("CORRAL_MAX_BODY"):
             kwargs["max_body"] = _parse_bytes("CORRAL_MAX_BODY", raw)
         if raw := get("CORRAL_ACCESS_LOG"):
             kwargs["access_log"] = "off" if raw.lower() == "off" else str(Path(raw).expanduser())
         if raw := get("CORRAL_FAIR_SHARE"):
             kwargs["fair_share"] = _parse_bool("CORRAL_FAIR_SHARE", raw)
+        if raw := get("CORRAL_OPEN_WITHOUT_KEYS"):
+            kwargs["open_without_keys"] = _parse_bool("CORRAL_OPEN_WITHOUT_KEYS", raw)
+        if raw := get("CORRAL_CACHE_ISOLATION"):
+            kwargs["cache_isolation"] = _parse_bool("CORRAL_CACHE_ISOLATION", raw)
         if raw := get("CORRAL_PROMPT_CACHE"):
             kwargs["prompt_cache"] = _parse_bytes("CORRAL_PROMPT_CACHE", raw)
         if raw := get("CORRAL_PROMPT_CACHE_DIR"):
@@ -315,6 +340,18 @@ class Settings:
             kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
         if raw := get("CORRAL_HTTP_WORKERS"):
             kwargs["http_workers"] = _parse_int("CORRAL_HTTP_WORKERS", raw, minimum=1)
+        if raw := get("CORRAL_METRICS_LISTEN"):
+            try:
+                kwargs["metrics_listen"] = listen = parse_host(raw)
+            except ValueError as exc:
+                raise ConfigError(f"CORRAL_METRICS_LISTEN: {exc}; expected host:port, e.g. "
+                                  "0.0.0.0:9400") from None
+            if ":" not in raw or listen.port == kwargs["host"].port:  # type: ignore[attr-defined]
+                raise ConfigError("CORRAL_METRICS_LISTEN needs a port of its own, e.g. "
+                                  "0.0.0.0:9400")
+            if int(kwargs.get("http_workers", 1)) > 1:  # type: ignore[call-overload]
+                raise ConfigError("CORRAL_METRICS_LISTEN works with one HTTP process only "
+                                  "(CORRAL_HTTP_WORKERS=1)")
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

@@ -74,6 +74,12 @@ class Generate:
     # The reply is read whole ("stream": false): the runner sends all the text (and logprobs)
     # in one Chunk just before Done, with the per-token timings in `Done.token_gaps`.
     whole: bool = False
+    # With API keys on: the key's cache salt (a request reuses only caches its own key's requests
+    # made) and the shared text its prompt may start with, which every key may reuse (an
+    # admin-set SYSTEM prompt: with `messages` its text, the runner renders it; with `prompt`
+    # rendered as the prompt starts). "" without keys: everything is shared.
+    cache_salt: str = ""
+    shared_prefix: str = ""
 
 
 @dataclass(slots=True)

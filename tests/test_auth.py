@@ -8,6 +8,7 @@ One server for the module (one slot, so that queueing is easy to provoke); the k
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -190,28 +191,27 @@ def test_tokens_per_minute_are_charged_after_the_reply(team: Team) -> None:
 
 
 def test_concurrency_limit(team: Team) -> None:
-    started = threading.Event()
-    finished: list[int] = []
-
-    def long_stream() -> None:
-        with httpx.stream("POST", team.url + "/api/generate", headers=team.headers("single"),
-                          json={"model": MODEL, "prompt": "Once upon a time",
-                                "options": {"num_predict": 24}}, timeout=120) as reply:
-            for _ in reply.iter_lines():
-                started.set()
-            finished.append(reply.status_code)
-
-    worker = threading.Thread(target=long_stream)
-    worker.start()
-    assert started.wait(60)
-    second = httpx.post(team.url + "/api/generate", headers=team.headers("single"), timeout=60,
-                        json={"model": MODEL, "prompt": "Hi", "options": SHORT})
-    worker.join(120)
-    assert second.status_code == 429 and "in flight" in second.json()["error"]
-    assert finished == [200]
-    again = httpx.post(team.url + "/api/generate", headers=team.headers("single"), timeout=60,
-                       json={"model": MODEL, "prompt": "Hi", "options": SHORT, "stream": False})
-    assert again.status_code == 200
+    # A stream that runs until this test closes it (not one that may have ended already).
+    with httpx.stream("POST", team.url + "/api/generate", headers=team.headers("single"),
+                      json={"model": MODEL, "prompt": "Once upon a time",
+                            "options": {"num_predict": 100_000}}, timeout=120) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        assert json.loads(next(lines))["done"] is False  # streaming: in flight
+        second = httpx.post(team.url + "/api/generate", headers=team.headers("single"),
+                            timeout=60, json={"model": MODEL, "prompt": "Hi", "options": SHORT})
+        assert second.status_code == 429 and "in flight" in second.json()["error"]
+        assert json.loads(next(lines))["done"] is False  # and still is
+    # Closed: the server cancels it and the key's slot in flight comes back.
+    deadline = time.monotonic() + 60
+    while True:
+        again = httpx.post(team.url + "/api/generate", headers=team.headers("single"),
+                           timeout=60, json={"model": MODEL, "prompt": "Hi", "options": SHORT,
+                                             "stream": False})
+        if again.status_code != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert again.status_code == 200, again.text
 
 
 def test_a_flood_does_not_hold_back_another_keys_request(team: Team) -> None:
@@ -230,11 +230,13 @@ def test_a_flood_does_not_hold_back_another_keys_request(team: Team) -> None:
     floods = [threading.Thread(target=one, args=("flood",)) for _ in range(4)]
     for thread in floods:
         thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # until the flood's backlog waits in the runner
+    deadline = time.monotonic() + 120
+    while True:  # until the flood's backlog waits in the runner
         ps = httpx.get(team.url + "/api/ps", headers=team.headers("root")).json()["models"]
         if ps and ps[0]["corral"]["queued"] >= 3:
             break
+        if time.monotonic() > deadline:  # never fall through to a test of nothing
+            pytest.fail(f"the flood's backlog never waited in the runner: {ps}")
         time.sleep(0.1)
     solo = threading.Thread(target=one, args=("solo",))
     solo.start()
@@ -259,19 +261,22 @@ def test_keys_are_reloaded_without_a_restart(team: Team) -> None:
         time.sleep(0.05)
 
 
+ENV_SECRET = "sekrit-env-key-" + "0123456789abcdefghij"  # 34 characters: strong enough
+
+
 def test_env_api_key_is_an_admin_key(models_dir: Path, tmp_path: Path) -> None:
-    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_API_KEY="sekrit-env-key")
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_API_KEY=ENV_SECRET)
     try:
         assert httpx.get(server.url + "/api/tags").status_code == 401
-        ok = httpx.get(server.url + "/metrics", headers={"Authorization": "Bearer sekrit-env-key"})
+        ok = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {ENV_SECRET}"})
         assert ok.status_code == 200
         cli = subprocess.run([sys.executable, "-m", "gateway.cli", "list"], cwd=ROOT, timeout=60,
-                             env={**server.env, "CORRAL_API_KEY": "sekrit-env-key"},
+                             env={**server.env, "CORRAL_API_KEY": ENV_SECRET},
                              capture_output=True, text=True)
         assert cli.returncode == 0 and MODEL in cli.stdout  # the CLI sends the key
     finally:
         server.stop()
-    assert "sekrit-env-key" not in (tmp_path / "serve.log").read_text()
+    assert ENV_SECRET not in (tmp_path / "serve.log").read_text()
 
 
 def test_usage_is_counted_per_key_and_survives_a_restart(team: Team) -> None:

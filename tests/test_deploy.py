@@ -536,8 +536,13 @@ def test_manifests_refer_to_each_other() -> None:
     labels = corral["metadata"]["labels"]
     assert pool["spec"]["selector"]["matchLabels"].items() <= labels.items()
     [container] = corral["spec"]["containers"]
-    [port] = container["ports"]
-    assert pool["spec"]["targetPorts"] == [{"number": port["containerPort"]}]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert pool["spec"]["targetPorts"] == [{"number": ports["http"]}]
+    # The endpoint picker sends no API key: it scrapes the metrics listener, which serves only
+    # /metrics and needs none (CORRAL_METRICS_LISTEN), on the port the pod declares.
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CORRAL_METRICS_LISTEN"].endswith(f":{ports['metrics']}")
+    assert ports["metrics"] != ports["http"]
     # Probes on `/` (open with API keys on); a GPU per pod; models pulled by an init container.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/"
@@ -552,6 +557,7 @@ def test_manifests_refer_to_each_other() -> None:
     assert epp_service["spec"]["selector"].items() <= epp["metadata"]["labels"].items()
     args = dict(a.removeprefix("--").split("=", 1) for a in epp["spec"]["containers"][0]["args"])
     assert args["pool-name"] == pool["metadata"]["name"]
+    assert int(args["model-server-metrics-port"]) == ports["metrics"]
     assert args["total-queued-requests-metric"] == "corral_requests_waiting"
     assert args["total-running-requests-metric"] == "corral_requests_running"
     assert args["kv-cache-usage-percentage-metric"] == "corral_kv_cache_usage_ratio"

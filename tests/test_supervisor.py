@@ -206,6 +206,12 @@ def test_hot_model_gets_a_replica_on_another_gpu(models_dir: Path, tmp_path: Pat
 
 
 def test_plan_command(models_dir: Path, tmp_path: Path) -> None:
+    # Alone (no server has imported the bundled model into the session's store yet) as well as
+    # after the others.
+    from registry.bundled import import_bundled_model
+    from registry.store import Store
+
+    import_bundled_model(Store(models_dir))
     gpus = tmp_path / "gpus.json"
     gpus.write_text(json.dumps({"gpus": [{"name": "sim", "total": "8GiB"}]}))
     env = {"OLLAMA_MODELS": str(models_dir), "OLLAMA_HOST": "127.0.0.1:9",
@@ -235,6 +241,7 @@ def test_plan_shows_what_the_loaded_model_measures(corral_server: LiveServer) ->
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
+    assert plan["evict"] == []  # never "would first unload" the very model it plans
     measured = plan["measured"]
     assert measured is not None and measured["rss"] > 100 * 1024**2
     assert measured["buffers"]["kv"] > 0 and measured["parallel"] >= 1

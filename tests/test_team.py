@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +73,15 @@ def test_keyring_reloads_on_change_and_fails_closed(tmp_path: Path) -> None:
     assert ring.current().enabled and ring.current().find(secret).name == "alice"
     assert ring.current().find("corral-wrong") is None
     KeysFile(path).revoke("alice")
-    assert not ring.current().enabled
+    # Auth has been on: no key left means nobody gets in, not everybody (issue 24).
+    assert ring.current().enabled and ring.current().closed
+    assert ring.current().find(secret) is None
+    path.unlink()
+    assert ring.current().closed
+    assert KeyRing(path).current().closed  # a restart remembers it (the marker file)
+    opened = KeyRing(path, open_without_keys=True).current()  # CORRAL_OPEN_WITHOUT_KEYS=1
+    assert not opened.enabled
+    assert not KeyRing(tmp_path / "never.json").current().enabled  # never had keys: open
     path.write_text("{not json")
     broken = ring.current()
     assert broken.enabled and "not valid JSON" in (broken.error or "")
@@ -219,7 +229,7 @@ def test_keys_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert usage[1].split() == ["alice", "gemma3:270m", "1", "7", "3"]
     assert main([*base, "usage", "nobody"]) == 1
     assert main([*base, "revoke", "alice"]) == 0
-    assert "trusts every caller" in capsys.readouterr().out
+    assert "refuses every caller" in capsys.readouterr().out
     assert json.loads(path.read_text())["keys"] == []
 
 
@@ -249,3 +259,57 @@ def test_access_log_to_a_file_or_off(tmp_path: Path) -> None:
     off = AccessLog("off")
     off.write({"key": "carol"})  # nowhere, and no error
     assert not off.enabled
+
+
+def test_a_reservation_is_taken_at_admission_and_settled_after(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    limits = Limits(tpm=60)  # a token a second
+    assert ledger.reserve("k", limits, 40, now=0.0).allowed  # 60 -> 20
+    assert ledger.reserve("k", limits, 40, now=0.0).allowed  # 20 -> -20: one overdraw
+    refused = ledger.reserve("k", limits, 40, now=0.0)  # the burst's third: refused
+    assert not refused.allowed and refused.reason == "tokens"
+    assert refused.retry_after == pytest.approx(21.0)
+    # Each used 10: the unused 30 of each reservation comes back.
+    for _ in range(2):
+        ledger.finish("k", limits, model="m", prompt_tokens=5, generated_tokens=5,
+                      counted=False, reserved=40, now=0.0)
+    assert ledger.admit("k", limits, count=False, now=0.0).tokens.remaining == 40
+
+
+def test_the_keys_folder_is_made_private_even_when_it_existed(tmp_path: Path) -> None:
+    folder = tmp_path / "corral"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)  # as the prompt cache (or anything else) may have made it
+    KeysFile(folder / "keys.json").create("alice")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_the_prompt_cache_makes_its_folders_private(tmp_path: Path) -> None:
+    from runner.process import promptdisk
+    from runner.process.promptcache import PromptCache, State
+
+    cache = PromptCache(10_000)
+    cache.put([1, 2, 3], [State(3, b"x" * 10)], uses=2)
+    settings = {"model": "m"}
+    path = promptdisk.cache_file(str(tmp_path / "corral" / "prompt-cache"), "/b/sha256-a",
+                                 settings)
+    assert promptdisk.save(cache, path, settings, budget=1000) == 1
+    for folder in (tmp_path / "corral", path.parent.parent, path.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_opening_the_ledger_forgets_dead_owners_only(tmp_path: Path) -> None:
+    """A process that opens the ledger drops the requests in flight of processes that are gone
+    (crashed HTTP workers), never those of processes still serving (issue 24: wiping every row
+    on open passed the whole suite)."""
+    path = tmp_path / "l.sqlite"
+    limits = Limits(concurrency=5)
+    live, dead = Ledger(path), Ledger(path)
+    live.owner = f"{live.owner.rpartition(':')[0]}:{os.getppid()}"  # a process that is alive
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead.owner = f"{dead.owner.rpartition(':')[0]}:{gone.pid}"  # one that is not
+    for ledger in (live, live, dead):
+        assert ledger.admit("k", limits).allowed
+    Ledger(path)  # another process starting
+    assert live._inflight("k") == 2  # the live owner's two are still in flight

@@ -121,8 +121,8 @@ def _revoke(args: argparse.Namespace, keys: KeysFile) -> int:
     keys.revoke(args.name)
     sys.stdout.write(f"revoked key '{args.name}'\n")
     if not keys.read():
-        sys.stdout.write("No keys are left: a server without CORRAL_API_KEY now trusts every "
-                         "caller.\n")
+        sys.stdout.write("No keys are left: a server that had them now refuses every caller "
+                         "(401) until a key is created, or CORRAL_OPEN_WITHOUT_KEYS=1.\n")
     return 0
 
 

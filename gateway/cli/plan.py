@@ -95,8 +95,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         DEFAULT_NUM_CTX
     num_ctx = min(num_ctx, info.context_length or num_ctx)
     running = _running()
+    # The plan is for this model's load: a runner of the same model already there is what the
+    # plan is measured against, never something it would unload to make room for itself.
+    others = [m for m in running if m.get("name") != model.display()
+              and m.get("model") != model.display()]
     try:
-        decision = plan_model(shape_from_gguf(info), inventory, _residents(running),
+        decision = plan_model(shape_from_gguf(info), inventory, _residents(others),
                               num_ctx=num_ctx,
                               requested_parallel=args.parallel,
                               configured_parallel=settings.num_parallel,

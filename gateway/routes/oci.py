@@ -12,6 +12,10 @@ other host), `host/namespace/model`, or a bare `model` (namespace `library`). On
 manifest of that repository lists are served, and only from blobs/: digests are validated, so no
 path outside the store can be named. Everything else under /v2/ is refused; pushing to a corral
 is not supported. Without the setting every /v2/ path is a 404.
+
+With API keys on, a key sees only the models its `--models` allow (others are unknown, 404), so a
+blob is served only through a model the key may use; manifests and blobs count against its
+requests per minute and concurrency (gateway/team/middleware.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from gateway.team import context as team
 from registry.blobs import parse_digest
 from registry.manifest import MEDIA_MANIFEST
 from registry.names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
@@ -74,7 +79,8 @@ def _split_repo(name: str) -> tuple[str | None, str, str] | None:
 
 
 def _repo_models(store: Store, name: str) -> list[LocalModel]:
-    """The models of one repository, every tag; those under the default host first."""
+    """The models of one repository, every tag, that the request's API key may use; those under
+    the default host first."""
     repo = _split_repo(name)
     if repo is None:
         return []
@@ -82,7 +88,8 @@ def _repo_models(store: Store, name: str) -> list[LocalModel]:
     found = []
     for local in store.list():
         h, ns, m, _tag = local.name.key()
-        if ns == namespace and m == model and (host is None or h == host):
+        if ns == namespace and m == model and (host is None or h == host) \
+                and team.visible(local.name):
             found.append(local)
     found.sort(key=lambda lm: (lm.name.host.casefold() != DEFAULT_HOST, lm.name.host.casefold()))
     return found

@@ -326,6 +326,7 @@ async def show(request: Request) -> Response:
         raise BadRequest("model is required")
     team.check_model(name)  # 403 for a model the API key may not use
     model = inference.store.get(name, error_name=ModelName.parse(name).display())
+    team.found_model(model.name)
     body = show_response(inference.store, model, verbose=field(data, "verbose", bool, False))
     return json_response(body)
 

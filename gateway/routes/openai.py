@@ -609,6 +609,7 @@ async def get_model(request: Request) -> Response:
     model = _inference(request).store.find(name)
     if model is None:
         raise NotFound(f"model '{name}' not found")
+    team.found_model(model.name)
     return json_response(_model_entry(model), media_type=JSON)
 
 

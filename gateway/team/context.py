@@ -11,19 +11,32 @@ middleware (unit tests calling `Inference` directly) there is no record and ever
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from gateway.team.keys import ANONYMOUS, ApiKey
 from registry.names import ModelName
 from shared import protocol as p
-from shared.errors import BadRequest, Forbidden
+from shared.errors import BadRequest, CorralError, Forbidden
+
+
+class RateLimited(CorralError):
+    """429 from inside a route (a token reservation refused), with its Retry-After and
+    x-ratelimit-* headers."""
+
+    status = 429
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 @dataclass(eq=False)
 class RequestRecord:
     key: ApiKey | None  # None: the server has no keys (everyone is trusted, as by Ollama)
     tenant: str  # who shares slots fairly with whom: the key's name, or "" when that is off
+    salt: str = ""  # whose prompt caches it may reuse: the key's id, "" (all) without keys
     started: float = field(default_factory=time.perf_counter)
     model: str = ""  # the model it uses, once a route named it
     prompt_tokens: int = 0
@@ -32,6 +45,9 @@ class RequestRecord:
     first_token: float | None = None  # seconds after `started`
     queue_waits: list[float] = field(default_factory=list)  # seconds in the runner's queue
     token_gaps: list[float] = field(default_factory=list)  # seconds between chunks
+    reserved: int = 0  # tokens taken from the key's tokens-per-minute bucket before the reply
+    # Takes tokens from the key's bucket or raises RateLimited (the middleware's, with keys on).
+    reserver: Callable[[int], Awaitable[None]] | None = None
 
     @property
     def key_name(self) -> str:
@@ -43,14 +59,15 @@ class RequestRecord:
 
     def use_model(self, name: str) -> None:
         """The request names `name`: 403 when its key may not use it (checked before the model
-        is looked up, so a key learns nothing of models it may not use)."""
+        is looked up, so a key learns nothing of models it may not use). The record takes the
+        name only once the store has found the model (`found_model`): names of models that do
+        not exist must not grow the metrics' labels or the usage table."""
         try:
             parsed = ModelName.parse(name)
         except BadRequest:
             return  # the store answers "invalid model name"
         if self.key is not None and not self.key.may_use(parsed):
             raise Forbidden(f'this API key may not use model "{name}"')
-        self.model = parsed.display()
 
     def stream(self) -> StreamTimes:
         return StreamTimes(self)
@@ -108,6 +125,13 @@ def check_model(name: str) -> None:
         record.use_model(name)
 
 
+def found_model(name: ModelName) -> None:
+    """The store found the request's model: usage, metrics and the access log name it."""
+    record = _current.get()
+    if record is not None:
+        record.model = name.display()
+
+
 def visible(name: ModelName | str) -> bool:
     """Whether lists (/api/tags, /api/ps, /v1/models) show model `name` to this request's key."""
     record = _current.get()
@@ -124,6 +148,21 @@ def may_set_keep_alive() -> bool:
     """Only admin keys choose how long models stay loaded; others get the server's keep-alive."""
     record = _current.get()
     return record is None or record.admin
+
+
+async def reserve_tokens(tokens: int) -> None:
+    """Reserve a generation's tokens (its prompt and its cap on new ones) against the key's
+    tokens per minute before it starts; 429 when the bucket is empty. Settled at the end."""
+    record = _current.get()
+    if record is not None and record.reserver is not None and tokens > 0:
+        await record.reserver(tokens)
+        record.reserved += tokens
+
+
+def cache_salt() -> str:
+    """The request's cache salt (runner/process/promptcache.py's Scope): "" shares everything."""
+    record = _current.get()
+    return record.salt if record is not None else ""
 
 
 def tenant() -> str:

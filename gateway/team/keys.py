@@ -9,6 +9,11 @@ hash is enough (a slow hash protects guessable passwords; nobody guesses 2^256).
 The server holds a `KeyRing`: it checks the file's identity (inode, size, mtime) on every request,
 a stat call of a few microseconds, and reads it again when it changed, so `corral keys create`
 and `revoke` take effect on the next request without a restart.
+
+Once authentication has been on it fails closed: when the last key is revoked or the keys file
+is deleted, every request gets 401 until a key exists again or the operator opens the server on
+purpose (CORRAL_OPEN_WITHOUT_KEYS=1). "Has been on" is remembered in a marker file beside the
+keys file (`keys.json.auth`), written whenever keys are saved or read, so it survives restarts.
 """
 
 from __future__ import annotations
@@ -146,6 +151,34 @@ def env_key(secret: str) -> ApiKey:
     return ApiKey(ENV_KEY_NAME, ENV_KEY_NAME, hash_secret(secret), admin=True, created=0.0)
 
 
+def auth_marker(keys_file: Path) -> Path:
+    """The file that says a server with this keys file has had keys (see the module's doc)."""
+    return keys_file.with_name(keys_file.name + ".auth")
+
+
+def private_folder(folder: Path) -> None:
+    """The keys file's folder, made 0700, and made so again when it existed with more (another
+    part of corral, such as the prompt cache, may have made it first)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if folder.stat().st_mode & 0o077:
+            folder.chmod(0o700)
+    except OSError as exc:  # not ours to change: say so, the file itself stays 0600
+        log.warning("cannot make %s private (0700): %s", folder, exc.strerror)
+
+
+def _mark_auth_on(keys_file: Path) -> None:
+    private_folder(keys_file.parent)
+    marker = auth_marker(keys_file)
+    if marker.exists():
+        return
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as exc:  # the in-memory flag still holds for this process
+        log.warning("cannot write %s: %s", marker, exc.strerror)
+
+
 def check_limit(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise KeysFileError(f"--{name} must be at least 1")
@@ -176,7 +209,7 @@ class KeysFile:
     @contextlib.contextmanager
     def edit(self) -> Iterator[list[ApiKey]]:
         """The keys as a list to change in place; written back when the block ends cleanly."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(self.path.parent)
         lock = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -185,6 +218,8 @@ class KeysFile:
             yield keys
             body = {"version": FILE_VERSION, "keys": [k.to_json() for k in keys]}
             atomic_write(self.path, (json.dumps(body, indent=2) + "\n").encode(), mode=0o600)
+            if keys:
+                _mark_auth_on(self.path)
         finally:
             os.close(fd)  # (closing releases the lock)
 
@@ -236,11 +271,13 @@ class Keys:
 
     by_digest: dict[str, ApiKey]
     error: str | None = None  # the file is broken: every request is refused (fail closed)
+    closed: bool = False  # auth was on and no key is left: every request gets 401
 
     @property
     def enabled(self) -> bool:
-        """Auth is on when any key exists (or the file is broken: better closed than open)."""
-        return bool(self.by_digest) or self.error is not None
+        """Auth is on when any key exists (or the file is broken, or the last key went: better
+        closed than open)."""
+        return bool(self.by_digest) or self.error is not None or self.closed
 
     def find(self, secret: str) -> ApiKey | None:
         # A dict lookup by hash: the time it takes tells nothing about any stored secret.
@@ -250,9 +287,11 @@ class Keys:
 class KeyRing:
     """The server's view of the keys file (plus CORRAL_API_KEY's key), reread when it changes."""
 
-    def __init__(self, path: Path, env_secret: str = "") -> None:
+    def __init__(self, path: Path, env_secret: str = "", open_without_keys: bool = False) -> None:
         self.file = KeysFile(path)
         self._env = env_key(env_secret) if env_secret else None
+        self._open_without_keys = open_without_keys  # CORRAL_OPEN_WITHOUT_KEYS
+        self._was_on = False
         self._identity: tuple[int, int, int] | None | str = "unread"
         self._keys = Keys({})
 
@@ -269,6 +308,15 @@ class KeyRing:
         except KeysFileError as exc:
             log.error("refusing every request until the keys file is fixed: %s", exc)
             return Keys({}, str(exc))
+        if listed:
+            self._was_on = True
+            _mark_auth_on(self.file.path)
+        elif self._env is None and not self._open_without_keys and (
+                self._was_on or auth_marker(self.file.path).exists()):
+            log.error("no API keys left in %s, but authentication has been on: refusing every "
+                      "request (401) until a key is created (corral keys create), or set "
+                      "CORRAL_OPEN_WITHOUT_KEYS=1 to trust every caller again", self.file.path)
+            return Keys({}, closed=True)
         if self._env is not None:
             listed = [*listed, self._env]
         if listed:

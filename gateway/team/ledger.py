@@ -13,10 +13,14 @@ Why SQLite and a token bucket of our own, rather than the `limits` library:
 
 Each limit is a bucket of `limit` units that refills continuously at limit/60 per second. A
 request takes one unit of its key's requests bucket (refused below one) and needs a token bucket
-of at least one (after the reply, prompt + generated tokens are taken, perhaps into debt). Usage
-(requests and tokens per key and model, and when a key was last used) is kept by key id, so a new
-key under a revoked key's name starts from zero. The file lives next to the keys file, survives
-restarts, and `corral keys usage` reads it with or without a running server.
+of at least one. When its prompt and its cap on new tokens are known, a generation reserves
+them (`reserve`: refused below one, else taken, perhaps into debt), and at the end the
+reservation is settled against what it really used (`finish(reserved=...)`): one reply may still
+overdraw the bucket, a burst of concurrent ones may not, since each sees the others'
+reservations. Usage (requests and tokens per key and model, and when a key was last used) is
+kept by key id, so a new key under a revoked key's name starts from zero. The file lives next to
+the keys file, survives restarts, and `corral keys usage` reads it with or without a running
+server.
 """
 
 from __future__ import annotations
@@ -183,18 +187,35 @@ class Ledger:
             return Admission(False, requests, tokens, refusal[1], refusal[0])
         return Admission(True, requests, tokens)
 
-    def finish(self, key_id: str, limits: Limits, *, model: str, prompt_tokens: int,
-               generated_tokens: int, counted: bool, now: float | None = None) -> None:
-        """A request ended: charge its tokens, add its usage (under `model`, when it used one),
-        and, when `admit` counted it, end it in flight."""
+    def reserve(self, key_id: str, limits: Limits, tokens: int,
+                now: float | None = None) -> Admission:
+        """Take `tokens` from the key's tokens bucket for a generation about to start, unless
+        the bucket holds less than one (then refused, nothing taken)."""
         now = time.time() if now is None else now
-        spent = prompt_tokens + generated_tokens
+        if not limits.tpm or tokens <= 0:
+            return Admission(True)
+        with self._write():
+            level = self._level(key_id, "tokens", limits.tpm, now)
+            if level < 1.0:
+                return Admission(False, tokens=_window(limits.tpm, level),
+                                 retry_after=_wait_for_one(limits.tpm, level), reason="tokens")
+            self._set_level(key_id, "tokens", level - tokens, now)
+        return Admission(True, tokens=_window(limits.tpm, level - tokens))
+
+    def finish(self, key_id: str, limits: Limits, *, model: str, prompt_tokens: int,
+               generated_tokens: int, counted: bool, reserved: int = 0,
+               now: float | None = None) -> None:
+        """A request ended: charge its tokens (less what `reserve` took already), add its usage
+        (under `model`, when it used one), and, when `admit` counted it, end it in flight."""
+        now = time.time() if now is None else now
+        spent = prompt_tokens + generated_tokens - reserved
         with self._write():
             if counted:
                 self._db.execute("UPDATE inflight SET n = MAX(n - 1, 0) "
                                  "WHERE key_id = ? AND owner = ?", (key_id, self.owner))
-            if limits.tpm and spent:
-                level = self._level(key_id, "tokens", limits.tpm, now) - spent
+            if limits.tpm and spent:  # (negative: the reservation was more than it used)
+                level = min(float(limits.tpm),
+                            self._level(key_id, "tokens", limits.tpm, now) - spent)
                 self._set_level(key_id, "tokens", level, now)
             if model:
                 self._db.execute(

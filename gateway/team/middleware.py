@@ -14,12 +14,15 @@ callers as Ollama does: every request is `anonymous`, and only the bookkeeping r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -32,8 +35,12 @@ from gateway.routes.openai import error_body
 from gateway.team import context
 from gateway.team.keys import ANONYMOUS, ApiKey, KeyRing
 from gateway.team.ledger import Admission, Ledger, Limits, ledger_path
+from shared.errors import ServerBusy
 
 log = logging.getLogger("corral.team")
+T = TypeVar("T")
+LEDGER_BUSY = ("the usage ledger is busy (its database is locked by another process); "
+               "please retry")
 
 OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/openapi.json"), ("HEAD", "/openapi.json")}
 ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/push", "/metrics"}
@@ -41,6 +48,13 @@ ADMIN_PREFIXES = ("/api/blobs/",)
 # Requests that use a model: they count against a key's requests per minute and concurrency.
 MODEL_PATHS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
                "/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+
+
+def _counted(path: str) -> bool:
+    """Whether a request counts against its key's requests per minute and concurrency: it uses
+    a model, or downloads one (CORRAL_SERVE_REGISTRY's manifests and blobs)."""
+    return path in MODEL_PATHS or (path.startswith("/v2/")
+                                   and ("/manifests/" in path or "/blobs/" in path))
 
 
 def error_reply(path: str, status: int, message: str,
@@ -112,17 +126,44 @@ class Team:
     access_log: AccessLog
     routes: Sequence[BaseRoute]
     fair_share: bool = True
+    cache_isolation: bool = True  # a key's requests reuse only its own prompt caches
+    metrics_port: int | None = None  # CORRAL_METRICS_LISTEN's port: /metrics only, no key
     _ledger: Ledger | None = field(default=None, repr=False)
+    _thread: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def ledger(self) -> Ledger:
-        """Opened on the first authenticated request: a server without keys never makes one."""
+        """Opened on the first authenticated request: a server without keys never makes one.
+        Used only on the ledger's thread (`in_ledger`, `after`)."""
         if self._ledger is None:
             self._ledger = Ledger(ledger_path(self.keyring.file.path))
         return self._ledger
 
+    def _executor(self) -> ThreadPoolExecutor:
+        # One thread: SQLite's connection stays on it, and the work runs in the order it came
+        # (a request's end is recorded before a later request of that process is admitted).
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="corral-ledger")
+        return self._thread
+
+    async def in_ledger(self, work: Callable[[Ledger], T]) -> T:
+        """Run `work` on the ledger's thread: a lock held by another process (up to the
+        ledger's timeout) never stalls the event loop and every stream on it."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor(), lambda: work(self.ledger()))
+
+    def after(self, work: Callable[[Ledger], None], what: str) -> None:
+        """Run `work` on the ledger's thread without waiting for it (a finished request's
+        bookkeeping: the reply has gone out already)."""
+        def report(done: Future[None]) -> None:
+            if (error := done.exception()) is not None:  # never lose a reply over bookkeeping
+                log.error("could not record %s: %s", what, error)
+        self._executor().submit(lambda: work(self.ledger())).add_done_callback(report)
+
     def close(self) -> None:
-        if self._ledger is not None:
-            self._ledger.close()
+        if self._thread is not None:
+            if self._ledger is not None:
+                self._thread.submit(self._ledger.close).result()
+            self._thread.shutdown()
         self.access_log.close()
 
     def route_of(self, scope: Scope) -> str:
@@ -143,6 +184,15 @@ class TeamMiddleware:
             await self.app(scope, receive, send)
             return
         team, path = self.team, scope["path"]
+        server = scope.get("server")
+        if team.metrics_port is not None and server and server[1] == team.metrics_port:
+            # The metrics listener: GET /metrics and nothing else, for scrapers that send no key.
+            if (scope["method"], path) in (("GET", "/metrics"), ("HEAD", "/metrics")):
+                await self.app(scope, receive, send)
+            else:
+                await Response(b"404 page not found", 404, media_type="text/plain")(
+                    scope, receive, send)
+            return
         keys = team.keyring.current()
         key: ApiKey | None = None
         counted = False
@@ -154,6 +204,10 @@ class TeamMiddleware:
             if keys.error is not None:
                 refusal = error_reply(path, 500, f"the server's keys file is invalid: "
                                                  f"{keys.error}")
+            elif keys.closed:
+                refusal = error_reply(path, 401, "this server has no API keys left: "
+                                                 "authentication stays on until an operator "
+                                                 "creates a key or opens the server")
             elif secret is None:
                 refusal = error_reply(path, 401, "missing API key: send the header "
                                                  "'Authorization: Bearer <key>'")
@@ -164,18 +218,28 @@ class TeamMiddleware:
             elif _admin_only(path) and not key.admin:
                 refusal = error_reply(path, 403, f"{path} needs an admin API key")
             else:
-                counted = path in MODEL_PATHS
+                counted = _counted(path)
                 limits = Limits(key.rpm, key.tpm, key.concurrency)
-                admission = team.ledger().admit(key.id, limits, count=counted)
+                try:
+                    admission = await team.in_ledger(
+                        lambda ledger: ledger.admit(key.id, limits, count=counted))
+                except sqlite3.OperationalError as exc:  # locked past its timeout: retry soon
+                    log.warning("API key %s refused: the ledger is busy (%s)", key.name, exc)
+                    counted = False
+                    refusal = error_reply(path, 503, LEDGER_BUSY, {"Retry-After": "1"})
+                    admission = Admission(False)
                 headers = ratelimit_headers(admission)
-                if not admission.allowed:
+                if refusal is None and not admission.allowed:
                     counted = False
                     refusal = error_reply(path, 429, _refusal(key, admission), {
                         **headers, "Retry-After": str(max(1, math.ceil(admission.retry_after)))})
             if refusal is not None and refusal.status_code in (401, 500):
                 key = None  # not authenticated: logged as anonymous
         record = context.RequestRecord(key, (key.name if key else ANONYMOUS)
-                                       if team.fair_share else "")
+                                       if team.fair_share else "",
+                                       key.id if key and team.cache_isolation else "")
+        if key is not None and key.tpm and refusal is None:
+            record.reserver = self._reserver(key)
         context.begin(record)
         status = 500  # unless a reply starts
         extra = [(k.encode(), v.encode()) for k, v in headers.items()]
@@ -197,6 +261,22 @@ class TeamMiddleware:
         finally:
             self._finish(scope, record, status, counted)
 
+    def _reserver(self, key: ApiKey) -> Callable[[int], Awaitable[None]]:
+        async def reserve(tokens: int) -> None:
+            limits = Limits(key.rpm, key.tpm, key.concurrency)
+            try:
+                admission = await self.team.in_ledger(
+                    lambda ledger: ledger.reserve(key.id, limits, tokens))
+            except sqlite3.OperationalError:
+                busy = ServerBusy(LEDGER_BUSY)
+                busy.headers = {"Retry-After": "1"}  # type: ignore[attr-defined]
+                raise busy from None
+            if not admission.allowed:
+                headers = {**ratelimit_headers(admission),
+                           "Retry-After": str(max(1, math.ceil(admission.retry_after)))}
+                raise context.RateLimited(_refusal(key, admission), headers)
+        return reserve
+
     def _finish(self, scope: Scope, record: context.RequestRecord, status: int,
                 counted: bool) -> None:
         """Usage, token charges, metrics and the access log, once the reply has gone out."""
@@ -204,14 +284,13 @@ class TeamMiddleware:
         total = time.perf_counter() - record.started
         route, model, name = team.route_of(scope), record.model, record.key_name
         key = record.key
-        try:
-            if key is not None:
-                team.ledger().finish(
-                    key.id, Limits(key.rpm, key.tpm, key.concurrency), model=model,
-                    prompt_tokens=record.prompt_tokens,
-                    generated_tokens=record.generated_tokens, counted=counted)
-        except Exception:  # never lose the reply over bookkeeping; say so loudly
-            log.exception("could not record the usage of API key %s", name)
+        if key is not None:
+            limits = Limits(key.rpm, key.tpm, key.concurrency)
+            prompt, generated, reserved = (record.prompt_tokens, record.generated_tokens,
+                                           record.reserved)
+            team.after(lambda ledger: ledger.finish(
+                key.id, limits, model=model, prompt_tokens=prompt, generated_tokens=generated,
+                counted=counted, reserved=reserved), f"the usage of API key {name}")
         m = team.metrics
         m.requests.labels(route, model, str(status), name).inc()
         m.request_duration.labels(route, model).observe(total)
@@ -230,7 +309,10 @@ class TeamMiddleware:
         client: Any = scope.get("client")
         team.access_log.write({
             "key": name, "remote": client[0] if client else None, "method": scope["method"],
-            "path": scope["path"], "route": route, "model": model or None, "status": status,
+            # An unknown route's path is whatever a caller sent (a scanner's probes, a secret
+            # pasted into a URL): the log keeps only that it matched no route.
+            "path": scope["path"] if route != "other" else route, "route": route,
+            "model": model or None, "status": status,
             "prompt_tokens": record.prompt_tokens, "generated_tokens": record.generated_tokens,
             "first_token_s": None if record.first_token is None else round(record.first_token, 4),
             "total_s": round(total, 4)})

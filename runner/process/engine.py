@@ -40,7 +40,15 @@ from runner.kvlayout import KV_BYTES_PER_ELEMENT, swa_cells, swa_layers
 from runner.process import longtext, promptdisk
 from runner.process.embedding import Embedder
 from runner.process.fairqueue import FairQueue
-from runner.process.promptcache import Entry, PromptCache, State, common_prefix
+from runner.process.promptcache import (
+    NO_KEYS,
+    Entry,
+    PromptCache,
+    Scope,
+    State,
+    common_prefix,
+    reusable,
+)
 from runner.process.sampling import Sampler, token_logprobs, uses_penalties
 from runner.process.textstream import TextStream
 from shared import protocol as p
@@ -69,6 +77,7 @@ RESTORE_SPAN = 16
 SLOT_CHECKPOINTS = 2
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc)
 _PARTIAL = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY  # the sliding-window cache only
+_USER_MARK = "\x00corral-user-text\x00"  # where a user's text would start (Engine._scope)
 
 
 class LoadError(Exception):
@@ -125,6 +134,7 @@ class Sequence:
     # next chunk.
     pending_logprobs: list[dict[str, Any]] = field(default_factory=list)
     tenant: str = ""  # the API key it came from: free slots go round-robin across keys
+    scope: Scope = NO_KEYS  # which caches it may reuse (runner/process/promptcache.py)
     submitted_ns: int = field(default_factory=time.perf_counter_ns)  # for the queue wait
 
 
@@ -143,6 +153,7 @@ class Slot:
     # A prompt of this many tokens has just been read (-1: none): checkpoint its sliding-window
     # state at the start of the next step, before anything more is written to the slot.
     checkpoint_due: int = -1
+    scope: Scope = NO_KEYS  # whose requests made its cache: who may reuse it
 
 
 def seeded_keep(common: int, canonical: int, n_prompt: int) -> int:
@@ -281,6 +292,7 @@ class Engine:
         self.queue: FairQueue[Sequence] = FairQueue(lambda seq: seq.tenant)
         self._clock = itertools.count(1)  # orders slot use, for least-recently-used choice
         self._embedder: Embedder | None = None
+        self._public_starts: dict[tuple[bool, str], list[int]] = {}  # see _scope
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
         self._token_s = 0.0  # seconds per batch token, measured (moving average)
         self._warm_up(load.safe_cpu)
@@ -380,7 +392,7 @@ class Engine:
             return
         for slot in self.slots:
             if slot.sequence is None:
-                self._save(slot, [])
+                self._save(slot, [], slot.scope)
         path, settings, budget = self._disk
         try:
             promptdisk.save(self.prompt_cache, path, settings, budget)
@@ -523,9 +535,37 @@ class Engine:
             grammar=request.grammar or grammar_for(request.format), shift=request.shift,
             num_predict=num_predict,
             logprobs=min(request.logprobs, p.MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
-            tenant=request.tenant,
+            tenant=request.tenant, scope=self._scope(request, tokens),
             seeded=int(options.get("seed", -1)) >= 0 and float(options.get("temperature", 0.8)) > 0,
         )
+
+    def _scope(self, request: p.Generate, tokens: list[int]) -> Scope:
+        """Which caches the request may reuse: its key's (`cache_salt`), and the start of its
+        prompt that is public text (`shared_prefix`, an admin-set SYSTEM prompt). With messages
+        the runner renders that start itself: the template on the shared system message alone,
+        up to where a user's text would begin, so no part of the request's own text (nor its
+        tools) is ever counted as public."""
+        if not request.cache_salt or not request.shared_prefix:
+            return Scope(request.cache_salt, 0)
+        memo_key = (request.messages is not None, request.shared_prefix)
+        public = self._public_starts.get(memo_key)
+        if public is None:
+            text = request.shared_prefix
+            if request.messages is not None:
+                try:
+                    rendered = render_messages(
+                        [{"role": "system", "content": text},
+                         {"role": "user", "content": _USER_MARK}],
+                        chat_template=self.chat_template, family=self.architecture,
+                        bos_token=self.bos_text, eos_token=self.eos_text).text
+                except Exception:  # noqa: BLE001 - a template that will not: nothing is public
+                    rendered = ""
+                text = rendered.split(_USER_MARK, 1)[0] if _USER_MARK in rendered else ""
+            public = self.tokenize(text) if text else []
+            if len(self._public_starts) >= 64:
+                self._public_starts.clear()
+            self._public_starts[memo_key] = public
+        return Scope(request.cache_salt, common_prefix(public, tokens))
 
     def cancel(self, request_id: int) -> bool:
         for seq in self.queue:
@@ -570,11 +610,13 @@ class Engine:
             if self._being_read(seq):
                 deferred.append(seq)
                 continue
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
-            self._save(slot, seq.prompt)
+            slot = max(free, key=lambda s: (reusable(s.tokens, s.scope, seq.prompt, seq.scope),
+                                            -s.last_used))
+            self._save(slot, seq.prompt, seq.scope)
             self._restore(slot, seq)
-            self._copy_prefix(slot, seq.prompt)
-            keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+            self._copy_prefix(slot, seq)
+            keep = min(reusable(slot.tokens, slot.scope, seq.prompt, seq.scope),
+                       len(seq.prompt) - 1)
             while True:  # each pass only lowers `keep`: a seeded cut may need an older checkpoint
                 fitted = self._fit_window(slot, keep)
                 if seq.seeded:
@@ -594,6 +636,7 @@ class Engine:
                 failed.append(p.Error(seq.request_id, exc.message, exc.status))
                 continue
             slot.tokens = seq.prompt[:keep]
+            slot.scope = seq.scope
             slot.canonical = min(slot.canonical, keep)
             slot.uses = slot.uses + 1 if keep >= MIN_RESTORE_TOKENS else 1
             slot.sequence = seq
@@ -608,14 +651,15 @@ class Engine:
         self.queue.extendleft(reversed(deferred))
         return failed
 
-    def _save(self, slot: Slot, prompt: list[int]) -> None:
-        """Keep the state of a free slot that `prompt` is about to overwrite (it does not extend
-        what the slot holds) in the prompt cache, unless the cache holds it already."""
+    def _save(self, slot: Slot, prompt: list[int], scope: Scope) -> None:
+        """Keep the state of a free slot that `prompt` (of `scope`) is about to overwrite (it
+        does not extend what the slot holds) in the prompt cache, unless the cache holds it
+        already."""
         cache = self.prompt_cache
         tokens = slot.tokens
         if (not cache.enabled or len(tokens) < MIN_RESTORE_TOKENS
-                or common_prefix(tokens, prompt) >= len(tokens)
-                or cache.holds(tokens, slot.canonical)):
+                or reusable(tokens, slot.scope, prompt, scope) >= len(tokens)
+                or cache.holds(tokens, slot.canonical, slot.scope)):
             return
         size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.index)
         if size <= 0 or size > cache.budget:
@@ -627,7 +671,7 @@ class Engine:
                           floor=self._saved_floor(slot))
             # Checkpoints only for the cuts the whole state cannot serve itself.
             points = [c for c in slot.checkpoints if c.n_tokens < whole.floor]
-            cache.put(list(tokens), [whole, *points], uses=slot.uses)
+            cache.put(list(tokens), [whole, *points], uses=slot.uses, scope=slot.scope)
 
     def _floor(self, slot: Slot) -> int:
         """The shortest prefix the slot's cache can be cut back to as it is: where its
@@ -697,8 +741,8 @@ class Engine:
             return
         prompt = seq.prompt
         limit = len(prompt) - 1  # the last prompt token is always read, for its logits
-        have = self._cached_share(prompt) if self.can_copy else self._share(slot, prompt)
-        entry, shared = cache.best(prompt)
+        have = self._cached_share(seq) if self.can_copy else self._share(slot, seq)
+        entry, shared = cache.best(prompt, seq.scope)
         served = entry.serve(min(shared, limit)) if entry is not None else None
         state = served[0] if served is not None else None
         gain = 0
@@ -721,19 +765,20 @@ class Engine:
         cache.hits += 1
         cache.touch(entry)
         slot.tokens = entry.tokens[:state.n_tokens]
+        slot.scope = entry.scope
         slot.canonical = state.canonical
         slot.checkpoints = entry.checkpoints(state.n_tokens)  # the caller's cut may take one
         slot.uses = 1
 
-    def _cached_share(self, prompt: list[int]) -> int:
-        """The longest start of `prompt` that some slot's cache serves now."""
-        return max(self._share(s, prompt) for s in self.slots)
+    def _cached_share(self, seq: Sequence) -> int:
+        """The longest start of the prompt that some slot's cache serves now."""
+        return max(self._share(s, seq) for s in self.slots)
 
-    def _share(self, slot: Slot, prompt: list[int]) -> int:
-        """The longest start of `prompt` that `slot` serves: what it holds of it, as far back as its
-        sliding-window cache or a checkpoint of it reaches (runner/process/promptcache.py's
+    def _share(self, slot: Slot, seq: Sequence) -> int:
+        """The longest start of the prompt that `slot` serves: what it may reuse of it, as far back
+        as its sliding-window cache or a checkpoint of it reaches (runner/process/promptcache.py's
         rule)."""
-        n = common_prefix(slot.tokens, prompt)
+        n = reusable(slot.tokens, slot.scope, seq.prompt, seq.scope)
         if not self.n_swa or n >= len(slot.tokens):
             return n
         held = Entry(slot.tokens, [State(len(slot.tokens), b"", floor=self._floor(slot)),
@@ -746,12 +791,13 @@ class Engine:
         any cache holds: then it is cheaper to wait and copy that slot's cache."""
         if not self.can_copy:
             return False
-        cached = self._cached_share(seq.prompt)
+        cached = self._cached_share(seq)
         return any(s.sequence is not None and s.sequence.pending
-                   and common_prefix(s.sequence.prompt, seq.prompt) - cached >= MIN_COPY_TOKENS
+                   and reusable(s.sequence.prompt, s.sequence.scope, seq.prompt, seq.scope)
+                   - cached >= MIN_COPY_TOKENS
                    for s in self.slots)
 
-    def _copy_prefix(self, slot: Slot, prompt: list[int]) -> None:
+    def _copy_prefix(self, slot: Slot, seq: Sequence) -> None:
         """Give `slot` the cache of another slot that holds clearly more of `prompt`.
 
         With one cache stream per slot llama.cpp copies a whole stream (a memcpy of num_ctx
@@ -759,14 +805,15 @@ class Engine:
         few dozen prompt tokens; the copied tail beyond the shared part is dropped after."""
         if not self.can_copy:
             return
-        own = self._share(slot, prompt)
+        own = self._share(slot, seq)
         donor = max((s for s in self.slots if s is not slot),
-                    key=lambda s: self._share(s, prompt), default=None)
-        if donor is None or self._share(donor, prompt) - own < MIN_COPY_TOKENS:
+                    key=lambda s: self._share(s, seq), default=None)
+        if donor is None or self._share(donor, seq) - own < MIN_COPY_TOKENS:
             return
         llama_cpp.llama_memory_seq_rm(self.memory, slot.index, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, donor.index, slot.index, -1, -1)
         slot.tokens = list(donor.tokens)
+        slot.scope = donor.scope
         slot.canonical = donor.canonical
         slot.checkpoints = list(donor.checkpoints)
         slot.uses = donor.uses

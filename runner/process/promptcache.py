@@ -12,6 +12,12 @@ cache can be cut back to any shorter prefix after a restore; a sliding-window ca
 it still holds the window before the cut (`floor`), and below that a checkpoint must replace its
 sliding-window part first (`Entry.serve`).
 
+Each entry, like each slot, has a `Scope`: whose requests made it. With API keys on, a request
+reuses only what requests of its own key made (its `salt`), plus the start that is public text
+every key may share (an admin-set SYSTEM prompt, as rendered): otherwise how much of a prompt was
+cached, or how fast its first token came, would tell one key what another key's prompts hold
+(vLLM's `cache_salt`). Without keys every scope is the same and everything is shared.
+
 This module knows nothing of llama.cpp: states are opaque bytes.
 """
 
@@ -30,6 +36,24 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who may reuse a cached prompt: requests with the same `salt` all of it, others only its
+    first `public` tokens (and only as far as their own prompt's public start reaches)."""
+
+    salt: str = ""
+    public: int = 0
+
+
+NO_KEYS = Scope()  # every request's scope on a server without keys
+
+
+def reusable(tokens: list[int], scope: Scope, prompt: list[int], want: Scope) -> int:
+    """How much of `prompt` (a request of scope `want`) may reuse a cache holding `tokens`."""
+    n = common_prefix(tokens, prompt)
+    return n if scope.salt == want.salt else min(n, scope.public, want.public)
 
 
 @dataclass
@@ -54,6 +78,7 @@ class Entry:
     states: list[State] = field(default_factory=list)
     last_used: int = 0
     uses: int = 1  # requests its tokens served: saved, restored, or inherited from a prefix
+    scope: Scope = NO_KEYS
 
     @property
     def nbytes(self) -> int:
@@ -106,21 +131,24 @@ class PromptCache:
     def stats(self) -> Stats:
         return Stats(len(self.entries), self.bytes, self.hits, self.misses)
 
-    def best(self, prompt: list[int]) -> tuple[Entry | None, int]:
-        """The entry sharing the longest start with `prompt`, and how long that start is."""
+    def best(self, prompt: list[int], scope: Scope = NO_KEYS) -> tuple[Entry | None, int]:
+        """The entry sharing the longest start with `prompt` that `scope` may reuse, and how
+        long that start is."""
         best: Entry | None = None
         shared = 0
         for entry in self.entries:
-            n = common_prefix(entry.tokens, prompt)
+            n = reusable(entry.tokens, entry.scope, prompt, scope)
             if n > shared:
                 best, shared = entry, n
         return best, shared
 
-    def holds(self, tokens: list[int], canonical: int) -> bool:
-        """Whether an entry already holds all of `tokens` (and as much of the seeded layout)."""
+    def holds(self, tokens: list[int], canonical: int, scope: Scope = NO_KEYS) -> bool:
+        """Whether an entry of `scope` already holds all of `tokens` (and as much of the seeded
+        layout)."""
         n = len(tokens)
         for entry in self.entries:
-            if len(entry.tokens) < n or entry.tokens[:n] != tokens:
+            if entry.scope.salt != scope.salt or len(entry.tokens) < n \
+                    or entry.tokens[:n] != tokens:
                 continue
             served = entry.serve(n)
             if served is not None and served[1] >= n and served[0].canonical >= min(canonical, n):
@@ -132,16 +160,19 @@ class PromptCache:
         entry.last_used = next(self._clock)
         entry.uses += 1
 
-    def put(self, tokens: list[int], states: list[State], uses: int = 1) -> Entry | None:
-        """Keep `states` for `tokens`; entries it makes redundant (a prefix of it, read in no
-        more of the seeded layout) go, and their use counts carry over. None when it cannot
-        fit the budget at all."""
+    def put(self, tokens: list[int], states: list[State], uses: int = 1,
+            scope: Scope = NO_KEYS) -> Entry | None:
+        """Keep `states` for `tokens`; entries of the same scope it makes redundant (a prefix of
+        it, read in no more of the seeded layout) go, and their use counts carry over. None when
+        it cannot fit the budget at all."""
         size = sum(len(s.data) for s in states)
         if not self.enabled or size > self.budget or not tokens:
             return None
         canonical = max((s.canonical for s in states), default=0)
-        entry = Entry(list(tokens), list(states), next(self._clock), uses)
+        entry = Entry(list(tokens), list(states), next(self._clock), uses, scope)
         for old in list(self.entries):
+            if old.scope.salt != scope.salt:
+                continue
             n = len(old.tokens)
             served = entry.serve(n)  # a sliding-window state may not reach back to its end
             if (n <= len(tokens) and tokens[:n] == old.tokens

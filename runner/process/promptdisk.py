@@ -21,11 +21,11 @@ from typing import Any
 
 import msgpack
 
-from runner.process.promptcache import PromptCache, State
+from runner.process.promptcache import PromptCache, Scope, State
 
 log = logging.getLogger("corral.runner")
 
-MAGIC = b"corral-prompt-cache 2\n"  # 2: states carry their floor
+MAGIC = b"corral-prompt-cache 3\n"  # 2: states carry their floor; 3: entries their scope
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -35,6 +35,17 @@ def fingerprint(settings: dict[str, Any]) -> str:
 def cache_file(root: str, model_path: str, settings: dict[str, Any]) -> Path:
     """The file for this model (its blob's name is its digest) under these settings."""
     return Path(root) / Path(model_path).name / f"{fingerprint(settings)}.prompts"
+
+
+def _private_dirs(folder: Path) -> None:
+    """Make `folder` and the parents it lacks 0700: saved states hold users' prompts, and
+    ~/.ollama/corral/ is the keys file's folder too (mkdir's `mode` skips the parents)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
 
 
 def save(cache: PromptCache, path: Path, settings: dict[str, Any], budget: int) -> int:
@@ -51,11 +62,12 @@ def save(cache: PromptCache, path: Path, settings: dict[str, Any], budget: int) 
     body = msgpack.packb({
         "settings": settings,
         "entries": [{"tokens": e.tokens, "uses": e.uses,
+                     "scope": [e.scope.salt, e.scope.public],
                      "states": [[s.n_tokens, s.canonical, s.partial, s.data, s.floor]
                                 for s in e.states]}
                     for e in chosen],
     }, use_bin_type=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".prompts-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -95,7 +107,9 @@ def load(cache: PromptCache, path: Path, settings: dict[str, Any]) -> int:
         for item in reversed(data["entries"]):  # oldest first, so the newest end most recent
             states = [State(int(n), bytes(blob), int(canonical), bool(partial), int(floor))
                       for n, canonical, partial, blob, floor in item["states"]]
-            if cache.put([int(t) for t in item["tokens"]], states, uses=int(item["uses"])):
+            salt, public = item["scope"]
+            if cache.put([int(t) for t in item["tokens"]], states, uses=int(item["uses"]),
+                         scope=Scope(str(salt), int(public))):
                 loaded += 1
         return loaded
     except (ValueError, KeyError, TypeError) as exc:

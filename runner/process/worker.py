@@ -16,6 +16,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
+import stat
 import sys
 
 import zmq
@@ -184,7 +186,36 @@ class Worker:
         self.sock.close(linger=500)
 
 
+def close_inherited_listeners() -> int:
+    """Close the listening sockets this process inherited; returns how many.
+
+    The gateway spawns runners from uvloop's loop, whose spawn leaves inheritable descriptors
+    open in the child (close_fds is not applied), and Hypercorn makes its listening socket
+    inheritable: a runner would hold the gateway's port (seen in `ss -ltnp`, and kept bound
+    after the gateway dies). A runner listens on nothing but its own ipc socket."""
+    closed = 0
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # not Linux: nothing to look at
+        return 0
+    for name in names:
+        fd = int(name)
+        try:
+            if fd < 3 or not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:  # (the listing's own descriptor, gone by now)
+            continue
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.close()
+            closed += 1
+        else:
+            sock.detach()  # not ours to close
+    return closed
+
+
 def main(argv: list[str] | None = None) -> int:
+    close_inherited_listeners()
     parser = argparse.ArgumentParser(prog="corral-runner")
     parser.add_argument("--socket", required=True, help="ipc:// endpoint to bind")
     args = parser.parse_args(argv)

@@ -289,7 +289,8 @@ class RunnerProcess(RunnerConnection):
         return self.proc is not None and self.dead is None
 
     async def start(self, timeout: float) -> p.Ready:
-        env = dict(os.environ)
+        # Not the server's API key: a runner has no use for it, and /proc/PID/environ shows it.
+        env = {k: v for k, v in os.environ.items() if k != "CORRAL_API_KEY"}
         env["CORRAL_RUNNER_LOG"] = "DEBUG" if self.debug else "WARNING"
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.module, "--socket", self.endpoint,

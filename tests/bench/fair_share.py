@@ -65,14 +65,16 @@ async def one_run(server: LiveServer, keys: dict[str, str], flood: int, tokens: 
     return first - sent, sum(end < first for end in ends)
 
 
-def start(fair: bool, folder: Path) -> tuple[LiveServer, dict[str, str]]:
+def start(fair: bool, folder: Path, isolation: bool = True
+          ) -> tuple[LiveServer, dict[str, str]]:
     keys_file = folder / f"keys-{fair}.json"
     keys = {name: KeysFile(keys_file).create(name, admin=name == "admin")[1]
             for name in ("admin", "flood", "solo")}
     server = start_server(folder / "models", folder / f"serve-{fair}.log",
                           CORRAL_KEYS_FILE=str(keys_file), CORRAL_FAIR_SHARE=str(int(fair)),
                           OLLAMA_NUM_PARALLEL=str(SLOTS), OLLAMA_KEEP_ALIVE="30m",
-                          CORRAL_ACCESS_LOG="off")
+                          CORRAL_ACCESS_LOG="off",
+                          CORRAL_CACHE_ISOLATION=str(int(isolation)))
     asyncio.run(_warm(server, keys["admin"]))
     return server, keys
 
@@ -87,10 +89,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--flood", type=int, default=12, help="requests the flooding key sends")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per flood request")
+    parser.add_argument("--cache-isolation", type=int, choices=(0, 1), default=1,
+                        help="CORRAL_CACHE_ISOLATION of both servers (cross-key prompt caches)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="corral-fair-"))
     (folder / "models").mkdir()
-    servers = {fair: start(fair, folder) for fair in (True, False)}
+    servers = {fair: start(fair, folder, bool(args.cache_isolation)) for fair in (True, False)}
     results: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
     try:
         for _ in range(args.runs):
@@ -101,7 +105,8 @@ def main() -> None:
             server.stop()
     table = Table(title=f"One request from another key behind {args.flood} from a flooding key "
                         f"({args.tokens} tokens each), {SLOTS} slots, bundled Gemma 3 270M, "
-                        f"{args.runs} runs")
+                        f"{args.runs} runs, cache isolation "
+                        f"{'on' if args.cache_isolation else 'off'}")
     for column in ("slots go", "solo TTFT median (s)", "min", "max", "flood done first"):
         table.add_column(column, justify="right")
     for fair, rows in results.items():

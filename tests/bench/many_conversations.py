@@ -7,7 +7,9 @@ one request at a time. Every conversation's first turn (~260 tokens), then every
 with more conversations than slots, a conversation's slot is taken before it comes back. Then
 the engine is closed and loaded again (the disk cache: CORRAL_PROMPT_CACHE_DIR) and every third
 turn is sent. "off" is CORRAL_PROMPT_CACHE=0;
-its third turns are the cold reference, paired run by run.
+its third turns are the cold reference, paired run by run. "a key each" is the RAM + disk cache
+with each conversation under an API key of its own (the cache salt the gateway sends when keys
+are on: a conversation reuses only its own caches), the cost of cross-key isolation.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ def first_turn(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": text + f"Summarise the {topic} in one sentence."}]
 
 
-def ask(engine: Engine, rid: int, messages: list[dict[str, str]]) -> tuple[float, str]:
+def ask(engine: Engine, rid: int, messages: list[dict[str, str]], salt: str = ""
+        ) -> tuple[float, str]:
     """(seconds to the first token, reply) for one request alone."""
     started = time.perf_counter()
     first = 0.0
     reply = ""
-    engine.submit(p.Generate(rid, messages=messages, options=OPTIONS))
+    engine.submit(p.Generate(rid, messages=messages, options=OPTIONS, cache_salt=salt))
     while engine.busy:
         for message in engine.step():
             if isinstance(message, p.Chunk):
@@ -52,7 +55,8 @@ def ask(engine: Engine, rid: int, messages: list[dict[str, str]]) -> tuple[float
     return first, reply
 
 
-def measure(model: str, slots: int, n: int, cache: int, disk_dir: str) -> list[float]:
+def measure(model: str, slots: int, n: int, cache: int, disk_dir: str, salted: bool = False
+            ) -> list[float]:
     """First-token p50 (ms) of turn 1, turn 2, and turn 3 after a reload."""
     load = p.Load(model, num_ctx=2048, parallel=slots, prompt_cache=cache,
                   prompt_cache_dir=disk_dir if cache else "", prompt_cache_disk=2**31)
@@ -64,7 +68,7 @@ def measure(model: str, slots: int, n: int, cache: int, disk_dir: str) -> list[f
         for turn in (0, 1):
             for i in range(n):
                 rid += 1
-                ttft, reply = ask(engine, rid, chats[i])
+                ttft, reply = ask(engine, rid, chats[i], f"k{i}" if salted else "")
                 turns[turn].append(ttft)
                 chats[i] = chats[i] + [{"role": "assistant", "content": reply},
                                        {"role": "user", "content": f"And turn {turn + 2}?"}]
@@ -74,7 +78,7 @@ def measure(model: str, slots: int, n: int, cache: int, disk_dir: str) -> list[f
     try:
         for i in range(n):
             rid += 1
-            turns[2].append(ask(engine, rid, chats[i])[0])
+            turns[2].append(ask(engine, rid, chats[i], f"k{i}" if salted else "")[0])
     finally:
         engine.close()
     return [statistics.median(t) * 1000 for t in turns]
@@ -96,12 +100,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     model = bundled_model_path()
-    settings = (("off", 0), ("RAM + disk", 512 * 2**20))
-    results: dict[str, list[list[float]]] = {label: [] for label, _ in settings}
+    settings = (("off", 0, False), ("RAM + disk", 512 * 2**20, False),
+                ("RAM + disk, a key each", 512 * 2**20, True))
+    results: dict[str, list[list[float]]] = {label: [] for label, _, _ in settings}
     for _ in range(args.runs):
-        for label, cache in settings:
+        for label, cache, salted in settings:
             with tempfile.TemporaryDirectory() as disk:
-                results[label].append(measure(model, args.slots, args.conversations, cache, disk))
+                results[label].append(measure(model, args.slots, args.conversations, cache, disk,
+                                              salted))
     table = Table(title=f"{args.conversations} conversations on {args.slots} slots, first-token "
                         f"p50 (ms), one request at a time; median (range) of {args.runs} run(s)")
     for column in ("prompt cache", "turn 1", "turn 2", "turn 2 / turn 1",
