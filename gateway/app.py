@@ -41,7 +41,9 @@ BUILTIN_ORIGINS = (
 )
 # Browsers let a page read these reply headers only when told.
 RATELIMIT_HEADERS = [f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
-                     for kind in ("requests", "tokens")] + ["Retry-After"]
+                     for kind in ("requests", "tokens")] + ["Retry-After"] + [
+    f"anthropic-ratelimit-{kind}-{what}" for kind in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")]
 ALLOWED_HEADERS = [
     "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
     "x-api-key", "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
