@@ -34,12 +34,17 @@ SENTENCE = ("Use this tool when the task needs it, read its result before going 
             "what you did in one short paragraph. ")
 
 
-def tools(count: int) -> list[dict[str, Any]]:
-    """Tools about the size of Claude Code's (~2.7 KB of JSON each)."""
-    return [{"name": f"tool_{i}", "description": SENTENCE * 14, "input_schema": {
-        "type": "object", "properties": {
+def tools(count: int, nonce: str) -> list[dict[str, Any]]:
+    """Tools about the size of Claude Code's (~2.7 KB of JSON each); `nonce` opens the first
+    description, so that no earlier run's cache holds the prefix (a template may leave the
+    system prompt out: the bench's does)."""
+    def schema(i: int) -> dict[str, Any]:
+        return {"type": "object", "required": ["arg_0"], "properties": {
             f"arg_{j}": {"type": "string", "description": f"argument {j} of tool {i}: " + SENTENCE}
-            for j in range(6)}, "required": ["arg_0"]}} for i in range(count)]
+            for j in range(6)}}
+
+    return [{"name": f"tool_{i}", "description": (nonce if i == 0 else "") + SENTENCE * 14,
+             "input_schema": schema(i)} for i in range(count)]
 
 
 def turn(url: str, body: dict[str, Any]) -> tuple[float, dict[str, int], str]:
@@ -81,13 +86,14 @@ def main() -> None:
             ollama.Client(host=server.url).create(MODEL, from_="gemma3:270m",
                                                   template=GEMMA_TOOLS,
                                                   parameters={"temperature": 0, "stop": ["\n"]})
-            agent_tools = tools(args.tools)
             words = " ".join(["You are a careful coding agent working in a repository."]
                              * (args.system_words // 10))
-            print(f"tools: {len(json.dumps(agent_tools)) // 1024} KB of JSON")
+            print(f"tools: {len(json.dumps(tools(args.tools, ''))) // 1024} KB of JSON")
             rows = []
             for run in range(args.runs):
-                system = f"Session {secrets.token_hex(8)}. {words}"
+                nonce = f"Session {secrets.token_hex(8)}. "
+                agent_tools = tools(args.tools, nonce)
+                system = nonce + words
                 ask = [{"role": "user", "content": "List the files in the repository."}]
                 body = {"model": MODEL, "max_tokens": 16, "system": system,
                         "tools": agent_tools, "messages": ask}
