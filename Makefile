@@ -40,6 +40,9 @@ test: lint
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
+	@# Claude Code for tests/test_launch.py, in the venv (ignored by git); skipped without npm.
+	@if command -v npm >/dev/null && [ ! -x $(VENV)/node/bin/claude ]; then \
+		npm install -g --prefix $(VENV)/node @anthropic-ai/claude-code || true; fi
 	$(BIN)/python -m pytest -q
 
 bench: install

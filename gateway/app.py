@@ -23,7 +23,7 @@ from gateway.hostcheck import HostCheck, guards
 from gateway.http import SERVER_SEND, json_response
 from gateway.inference import Inference
 from gateway.remotepool import RemotePool
-from gateway.routes import models, oci, ollama, openai, transfer
+from gateway.routes import anthropic, anthropic_errors, models, oci, ollama, openai, transfer
 from gateway.team.keys import KeyRing
 from gateway.team.middleware import Team, TeamMiddleware
 from registry.store import Store
@@ -42,9 +42,12 @@ BUILTIN_ORIGINS = (
 )
 # Browsers let a page read these reply headers only when told.
 RATELIMIT_HEADERS = [f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
-                     for kind in ("requests", "tokens")] + ["Retry-After"]
+                     for kind in ("requests", "tokens")] + ["Retry-After"] + [
+    f"anthropic-ratelimit-{kind}-{what}" for kind in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")]
 ALLOWED_HEADERS = [
     "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
+    "x-api-key", "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
     "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
     "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os",
     "x-stainless-package-version", "x-stainless-poll-helper", "x-stainless-retry-count",
@@ -60,6 +63,10 @@ def origin_regex(origins: tuple[str, ...]) -> str:
 
 def _error(request: Request, status: int, message: str, param: str | None = None,
            code: str | None = None) -> Response:
+    if anthropic_errors.is_anthropic(request.url.path, request.scope["headers"]):
+        status = anthropic_errors.status_for(status)
+        return json_response(anthropic_errors.error_body(status, message), status,
+                             "application/json")
     if request.url.path.startswith("/v1/"):
         return json_response(openai.error_body(status, message, param, code), status,
                              "application/json")
@@ -133,8 +140,8 @@ def create_app(settings: Settings, store: Store,
                pool: RunnerPool | RemotePool | None = None) -> Starlette:
     """The app; an HTTP worker (CORRAL_HTTP_WORKERS >= 2) passes the supervisor's `pool`."""
     pool = pool or RunnerPool(settings)
-    routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
-              *metrics.routes, *openapi.routes]
+    routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *anthropic.routes,
+              *openai.routes, *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
     team = Team(KeyRing(settings.keys_file, settings.api_key, settings.open_without_keys),
                 metrics.Metrics(),

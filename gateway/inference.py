@@ -44,7 +44,7 @@ from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
 from shared.config import Settings, keep_alive_seconds
 from shared.errors import BadRequest, CorralError, Forbidden
-from shared.prompt import render_jinja
+from shared.prompt import render_jinja, render_messages
 
 Message = dict[str, Any]
 
@@ -521,6 +521,26 @@ class Inference:
         the runner, so the lease never waits for a load."""
         async with self.lease(job) as entry:
             return len(await entry.runner.tokenize(text, add_special=False))
+
+    async def chat_token_count(self, job: Job, messages: list[Message],
+                               tools: ToolUse | None = None, think: ThinkUse | None = None
+                               ) -> int:
+        """The prompt tokens a chat would read (Anthropic's count_tokens): rendered as
+        `generate` renders it (the Go TEMPLATE here, else the GGUF's Jinja template or the
+        family's format, as the runner renders them) and tokenized by the model's runner."""
+        tool_list = tools.tools if tools else None
+        if think is not None and tools is not None and tools.grammar:
+            think = think.constrained()
+        value = think.value if think else None
+        text = self.template_prompt(job.model, messages, tool_list, value)
+        if text is None:
+            info = job.model.gguf
+            text = render_messages(messages, chat_template=info.chat_template if info else None,
+                                   family=info.architecture if info else "",
+                                   tools=tool_list, variables=jinja_variables(value) or None
+                                   ).text
+        async with self.lease(job) as entry:
+            return len(await entry.runner.tokenize(text))
 
     async def _fit(self, job: Job, messages: list[Message], tools: list[Tool] | None,
                    rendered: str, think: ThinkValue = None) -> str:

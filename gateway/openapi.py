@@ -394,6 +394,12 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
                                                            {"application/json": ANY_OBJ})}},
 }
 
+# The Anthropic Messages API (its own module; it reads the helpers above).
+from gateway import openapi_anthropic  # noqa: E402
+
+COMPONENTS.update(openapi_anthropic.COMPONENTS)
+OPERATIONS.update(openapi_anthropic.OPERATIONS)
+
 DOCUMENTED_PREFIXES = ("/api/", "/v1/")
 DOCUMENTED_PATHS = ("/", "/openapi.json")
 

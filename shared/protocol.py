@@ -175,6 +175,9 @@ class Done:
     # For a whole reply (`Generate.whole`): microseconds between the pieces of text, in order,
     # which a stream's chunks would have shown (the metrics' inter-token latency).
     token_gaps: list[int] = field(default_factory=list)
+    # The stop string that ended the reply ("" when it ended otherwise): the Anthropic API names
+    # the stop sequence it met (stop_reason "stop_sequence").
+    stop: str = ""
 
 
 @dataclass(slots=True)

@@ -62,6 +62,13 @@ def body_problems(document: dict[str, Any], path: str, method: str, status: int,
     text = body.decode()
     if media == NDJSON:
         items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    elif media == SSE and "data" in (event_schema := _resolve(document, schema)).get(
+            "properties", {}) and "contentSchema" in event_schema["properties"]["data"]:
+        # Anthropic's events (`event: NAME` and `data: JSON` lines, no closing [DONE]).
+        blocks = [event for event in text.split("\n\n") if event.strip()]
+        lines = [dict(line.split(": ", 1) for line in block.split("\n")) for block in blocks]
+        schema = event_schema["properties"]["data"]["contentSchema"]
+        items = [json.loads(line["data"]) for line in lines]
     elif media == SSE:
         events = [event for event in text.split("\n\n") if event.strip()]
         datas = [event.removeprefix("data: ") for event in events]

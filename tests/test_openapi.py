@@ -110,6 +110,15 @@ CALLS: list[tuple[str, str, Any]] = [
                                  "stream": True}),
     ("POST", "/v1/embeddings", {"model": MODEL, "input": "a"}),
     ("POST", "/v1/embeddings", {"model": MODEL, "input": 5}),
+    ("POST", "/v1/messages", {"model": MODEL, "max_tokens": 3,
+                              "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/messages", {"model": MODEL, "max_tokens": 3, "stream": True,
+                              "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/messages", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/messages", {"model": "no-such-model", "max_tokens": 3,
+                              "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/messages/count_tokens", {"model": MODEL,
+                                           "messages": [{"role": "user", "content": "Hi"}]}),
 ]
 
 

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub)
     from gateway.cli.verify import add_verify_parser  # `corral verify`: the store, like fsck
     add_verify_parser(sub)
+    from gateway.cli.launch import add_launch_parser  # `corral launch`: a coding agent
+    add_launch_parser(sub)
     return parser
 
 
@@ -121,7 +123,13 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     """Parse as Ollama's CLI does: a bare `--think` takes no value (`--think=high` does), and
     prompt words may come after flags (`corral run MODEL --verbose why?`)."""
     argv = ["--think=true" if arg == "--think" else arg for arg in argv]
+    passed_on: list[str] = []
+    if argv[:1] == ["launch"]:  # what follows `--` goes to the tool unread
+        from gateway.cli.launch import tool_args
+        argv, passed_on = tool_args(argv)
     args, extra = parser.parse_known_args(argv)
+    if passed_on:
+        args.args = passed_on
     if args.command == "run" and extra and not any(arg.startswith("-") for arg in extra):
         args.prompt = [*args.prompt, *extra]
     elif extra:
@@ -154,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             from gateway.cli.keys import cmd_keys
             return cmd_keys(args)
+        if args.command == "launch":
+            from gateway.cli.launch import cmd_launch
+            return cmd_launch(args)
         if args.version:
             with Client() as client:
                 return commands.cmd_version(client)

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.accesslog import AccessLog
 from gateway.http import json_response
 from gateway.metrics import Metrics
+from gateway.routes import anthropic_errors
 from gateway.routes.openai import error_body
 from gateway.team import context
 from gateway.team.keys import ANONYMOUS, ApiKey, KeyRing
@@ -47,7 +48,7 @@ ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/pus
 ADMIN_PREFIXES = ("/api/blobs/",)
 # Requests that use a model: they count against a key's requests per minute and concurrency.
 MODEL_PATHS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-               "/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+               "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"}
 
 
 def _counted(path: str) -> bool:
@@ -58,10 +59,17 @@ def _counted(path: str) -> bool:
 
 
 def error_reply(path: str, status: int, message: str,
-                headers: dict[str, str] | None = None) -> Response:
-    """An error in the shape of the API the path belongs to: OpenAI's object on /v1 (so the SDKs
-    raise AuthenticationError, PermissionDeniedError, RateLimitError), Ollama's elsewhere."""
-    if path.startswith("/v1/"):
+                headers: dict[str, str] | None = None, *, anthropic: bool | None = None
+                ) -> Response:
+    """An error in the shape of the API the path belongs to: Anthropic's for its Messages API
+    (`anthropic`: the request is Anthropic's; by default, judged by the path), OpenAI's object
+    on /v1 (so the SDKs raise AuthenticationError, PermissionDeniedError, RateLimitError),
+    Ollama's elsewhere."""
+    if anthropic if anthropic is not None else anthropic_errors.is_anthropic(path):
+        status = anthropic_errors.status_for(status)
+        response = json_response(anthropic_errors.error_body(status, message), status,
+                                 "application/json")
+    elif path.startswith("/v1/"):
         response = json_response(error_body(status, message), status, "application/json")
     else:
         response = json_response({"error": message}, status)
@@ -106,11 +114,17 @@ def _refusal(key: ApiKey, admission: Admission) -> str:
 
 
 def _bearer(scope: Scope) -> str | None:
+    """The key from `Authorization: Bearer`, or from `x-api-key` (what the Anthropic SDKs
+    send; Claude Code sends either)."""
+    api_key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value.strip():
+            api_key = value.decode("latin-1").strip()
+    return api_key
 
 
 def _admin_only(path: str) -> bool:
@@ -201,22 +215,27 @@ class TeamMiddleware:
         if keys.enabled and (scope["method"], path) not in OPEN:
             secret = _bearer(scope)
             key = keys.find(secret) if secret else None
+            anthropic = anthropic_errors.is_anthropic(path, scope["headers"])
+
+            def refuse(status: int, message: str,
+                       extra: dict[str, str] | None = None) -> Response:
+                return error_reply(path, status, message, extra, anthropic=anthropic)
+
             if keys.error is not None:
-                refusal = error_reply(path, 500, f"the server's keys file is invalid: "
-                                                 f"{keys.error}")
+                refusal = refuse(500, f"the server's keys file is invalid: {keys.error}")
             elif keys.closed:
-                refusal = error_reply(path, 401, "this server has no API keys left: "
-                                                 "authentication stays on until an operator "
-                                                 "creates a key or opens the server")
+                refusal = refuse(401, "this server has no API keys left: authentication stays "
+                                      "on until an operator creates a key or opens the server")
             elif secret is None:
-                refusal = error_reply(path, 401, "missing API key: send the header "
-                                                 "'Authorization: Bearer <key>'")
+                refusal = refuse(401, "missing API key: send the header "
+                                      "'Authorization: Bearer <key>'"
+                                 + (" or 'x-api-key: <key>'" if anthropic else ""))
             elif key is None:
-                refusal = error_reply(path, 401, "invalid API key")
+                refusal = refuse(401, "invalid API key")
             elif key.expired():
-                refusal = error_reply(path, 401, f"API key '{key.name}' has expired")
+                refusal = refuse(401, f"API key '{key.name}' has expired")
             elif _admin_only(path) and not key.admin:
-                refusal = error_reply(path, 403, f"{path} needs an admin API key")
+                refusal = refuse(403, f"{path} needs an admin API key")
             else:
                 counted = _counted(path)
                 limits = Limits(key.rpm, key.tpm, key.concurrency)
@@ -226,12 +245,13 @@ class TeamMiddleware:
                 except sqlite3.OperationalError as exc:  # locked past its timeout: retry soon
                     log.warning("API key %s refused: the ledger is busy (%s)", key.name, exc)
                     counted = False
-                    refusal = error_reply(path, 503, LEDGER_BUSY, {"Retry-After": "1"})
+                    refusal = refuse(503, LEDGER_BUSY, {"Retry-After": "1"})
                     admission = Admission(False)
-                headers = ratelimit_headers(admission)
+                headers = (anthropic_errors.ratelimit_headers(admission) if anthropic
+                           else ratelimit_headers(admission))
                 if refusal is None and not admission.allowed:
                     counted = False
-                    refusal = error_reply(path, 429, _refusal(key, admission), {
+                    refusal = refuse(429, _refusal(key, admission), {
                         **headers, "Retry-After": str(max(1, math.ceil(admission.retry_after)))})
             if refusal is not None and refusal.status_code in (401, 500):
                 key = None  # not authenticated: logged as anonymous

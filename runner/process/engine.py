@@ -999,6 +999,7 @@ class Engine:
                      else seq.prompt) + seq.generated,
             cached_tokens=seq.cached,
             queue_duration=max(seq.started_ns - seq.submitted_ns, 0),
+            stop=seq.text.stop if reason == "stop" else "",
         )
         self._release(self.slots[seq.slot])
 

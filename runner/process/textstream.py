@@ -11,7 +11,7 @@ import codecs
 
 
 class TextStream:
-    __slots__ = ("_decoder", "_held", "_stops", "dropped")
+    __slots__ = ("_decoder", "_held", "_stops", "dropped", "stop")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -20,6 +20,7 @@ class TextStream:
         # The text a matched stop string cut off (the stop and anything after it), so that the
         # caller can drop what belonged to it too (the swallowed tokens' logprobs).
         self.dropped = ""
+        self.stop = ""  # the stop string that matched, once one has
 
     def push(self, piece: bytes) -> tuple[str, bool]:
         """Add one token's bytes; returns (text safe to send now, whether a stop string hit)."""
@@ -28,11 +29,12 @@ class TextStream:
             self._held = ""
             return text, False
         # `text` is only the held-back tail plus this piece: earlier text had no match.
-        hits = [at for at in (text.find(stop) for stop in self._stops) if at >= 0]
+        hits = [(at, stop) for stop in self._stops if (at := text.find(stop)) >= 0]
         if hits:
+            at, self.stop = min(hits, key=lambda hit: hit[0])
             self._held = ""
-            self.dropped = text[min(hits):]
-            return text[:min(hits)], True
+            self.dropped = text[at:]
+            return text[:at], True
         keep = self._held_back(text)
         self._held = text[len(text) - keep:] if keep else ""
         return text[: len(text) - keep], False

@@ -25,10 +25,11 @@ MAX_INPUTS = 16
 RELOADING_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap",
                      "num_parallel")
 INFERENCE = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-             "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+             "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+             "/v1/messages/count_tokens")
 # What the bundled model refuses with a 400 (it has no tools, thinking or vision): dropped from
 # the requests that name it, so that they reach generation.
-UNSUPPORTED = ("tools", "tool_choice", "think", "images", "suffix")
+UNSUPPORTED = ("tools", "tool_choice", "think", "images", "suffix", "thinking")
 
 
 def _short(value: Any) -> Any:
