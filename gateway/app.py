@@ -22,7 +22,8 @@ from gateway.hostcheck import HostCheck, guards
 from gateway.http import SERVER_SEND, json_response
 from gateway.inference import Inference
 from gateway.remotepool import RemotePool
-from gateway.routes import models, oci, ollama, openai, transfer
+from gateway.responses.store import ResponseStore
+from gateway.routes import models, oci, ollama, openai, responses, transfer
 from gateway.team.keys import KeyRing
 from gateway.team.middleware import Team, TeamMiddleware
 from registry.store import Store
@@ -128,7 +129,7 @@ def create_app(settings: Settings, store: Store,
     """The app; an HTTP worker (CORRAL_HTTP_WORKERS >= 2) passes the supervisor's `pool`."""
     pool = pool or RunnerPool(settings)
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *openai.routes,
-              *metrics.routes, *openapi.routes]
+              *responses.routes, *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
     team = Team(KeyRing(settings.keys_file, settings.api_key), metrics.Metrics(),
                 AccessLog(settings.access_log, pid=settings.http_workers > 1), routes,
@@ -157,6 +158,8 @@ def create_app(settings: Settings, store: Store,
     )
     app.state.inference = Inference(settings, store, pool)
     app.state.pool = pool
+    app.state.responses = ResponseStore(settings.responses_root, settings.responses_store,
+                                        settings.responses_ttl)
     app.state.metrics = team.metrics
     app.state.team = team
     return app

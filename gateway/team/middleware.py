@@ -40,7 +40,7 @@ ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/pus
 ADMIN_PREFIXES = ("/api/blobs/",)
 # Requests that use a model: they count against a key's requests per minute and concurrency.
 MODEL_PATHS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-               "/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+               "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
 
 
 def error_reply(path: str, status: int, message: str,
