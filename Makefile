@@ -40,6 +40,9 @@ test: lint
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
+	@# Codex CLI for tests/test_codex.py (skipped without it), where npm is there.
+	@if command -v npm >/dev/null && ! command -v codex >/dev/null; then \
+		npm install -g @openai/codex || echo "could not install Codex CLI: its test is skipped"; fi
 	$(BIN)/python -m pytest -q
 
 bench: install
