@@ -22,7 +22,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.http import Stream, dumps, field, json_response, read_json, unless_disconnected
-from gateway.inference import Collected, Generation, Inference, Message, Thinking, ToolCalls
+from gateway.inference import (
+    Collected,
+    Generation,
+    Inference,
+    Message,
+    Thinking,
+    ToolCalls,
+    check_messages,
+)
 from gateway.responses import request as rq
 from gateway.responses.store import ResponseStore
 from gateway.routes.openai import _EFFORTS, _options
@@ -388,9 +396,9 @@ async def create_response(request: Request) -> Response:
         raise BadRequest("input is required")
     instructions = field(data, "instructions", str)
     conversation = [*history, *new]
-    messages = inference.chat_messages(model, [
+    messages = inference.chat_messages(model, check_messages([
         *([{"role": "system", "content": instructions}] if instructions else []),
-        *conversation])
+        *conversation]))
     tools, namespaced = rq.function_tools(data.get("tools"))
     tool_use = inference.tool_use(model, tools,
                                   check_tool_choice(rq.tool_choice(data.get("tool_choice")),
