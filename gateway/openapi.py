@@ -279,7 +279,7 @@ COMPONENTS: dict[str, Schema] = {
         "top_p": NUM,
         "reasoning": obj({"effort": {"type": "string", "enum": [
             "none", "minimal", "low", "medium", "high", "max", "xhigh", "ultra"]},
-            "summary": {"type": "string", "enum": ["auto", "concise", "detailed"]}}),
+            "summary": {"type": "string", "enum": ["auto", "concise", "detailed", "none"]}}),
         "text": obj({"format": obj({
             "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
             "name": STR, "schema": ANY_OBJ, "strict": BOOL}, ["type"])}),

@@ -85,8 +85,8 @@ def _reasoning(data: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(f"invalid reasoning.effort: {json.dumps(effort)[:64]} (must be "
                          + ", ".join(f'"{e}"' for e in _EFFORTS) + ")")
     summary = reasoning.get("summary", reasoning.get("generate_summary"))
-    if summary is not None and summary not in ("auto", "concise", "detailed"):
-        raise BadRequest('reasoning.summary must be "auto", "concise" or "detailed"')
+    if summary is not None and summary not in ("auto", "concise", "detailed", "none"):
+        raise BadRequest('reasoning.summary must be "auto", "concise", "detailed" or "none"')
     return {"effort": effort, "summary": summary}
 
 
