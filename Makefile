@@ -40,10 +40,13 @@ test: lint
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
-	@# Claude Code for tests/test_launch.py, in the venv (ignored by git); skipped without npm.
+	@# Claude Code (tests/test_launch.py) and Codex CLI (tests/test_codex.py) in the venv (ignored
+	@# by git), where npm is there; their tests skip without them.
 	@if command -v npm >/dev/null && [ ! -x $(VENV)/node/bin/claude ]; then \
 		npm install -g --prefix $(VENV)/node @anthropic-ai/claude-code || true; fi
-	$(BIN)/python -m pytest -q
+	@if command -v npm >/dev/null && [ ! -x $(VENV)/node/bin/codex ]; then \
+		npm install -g --prefix $(VENV)/node @openai/codex || true; fi
+	PATH="$(CURDIR)/$(VENV)/node/bin:$$PATH" $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python -m tests.bench

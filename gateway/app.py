@@ -23,7 +23,17 @@ from gateway.hostcheck import HostCheck, guards
 from gateway.http import SERVER_SEND, json_response
 from gateway.inference import Inference
 from gateway.remotepool import RemotePool
-from gateway.routes import anthropic, anthropic_errors, models, oci, ollama, openai, transfer
+from gateway.responses.store import ResponseStore
+from gateway.routes import (
+    anthropic,
+    anthropic_errors,
+    models,
+    oci,
+    ollama,
+    openai,
+    responses,
+    transfer,
+)
 from gateway.team.keys import KeyRing
 from gateway.team.middleware import Team, TeamMiddleware
 from registry.store import Store
@@ -141,7 +151,7 @@ def create_app(settings: Settings, store: Store,
     """The app; an HTTP worker (CORRAL_HTTP_WORKERS >= 2) passes the supervisor's `pool`."""
     pool = pool or RunnerPool(settings)
     routes = [*ollama.routes, *models.routes, *transfer.routes, *oci.routes, *anthropic.routes,
-              *openai.routes, *metrics.routes, *openapi.routes]
+              *openai.routes, *responses.routes, *metrics.routes, *openapi.routes]
     # API keys, limits, usage, metrics and the access log (gateway/team/middleware.py).
     team = Team(KeyRing(settings.keys_file, settings.api_key, settings.open_without_keys),
                 metrics.Metrics(),
@@ -172,6 +182,8 @@ def create_app(settings: Settings, store: Store,
     )
     app.state.inference = Inference(settings, store, pool)
     app.state.pool = pool
+    app.state.responses = ResponseStore(settings.responses_root, settings.responses_store,
+                                        settings.responses_ttl)
     app.state.metrics = team.metrics
     app.state.team = team
     return app

@@ -112,6 +112,50 @@ _RESPONSE_FORMAT = obj({"type": {"type": "string", "enum": ["text", "json_object
                                                             "json_schema"]},
                         "json_schema": obj({"name": STR, "schema": ANY_OBJ})}, ["type"])
 
+# The Responses API (gateway/routes/responses.py).
+_RESPONSES_TEXT = obj({"type": {"type": "string", "enum": ["input_text", "output_text"]},
+                       "text": STR}, ["type", "text"])
+_RESPONSES_CONTENT: Schema = {
+    "description": "text, or text parts (input_image gets a 400: no vision models)",
+    "anyOf": [STR, arr(_RESPONSES_TEXT)]}
+_RESPONSES_ITEM: Schema = {"anyOf": [
+    obj({"type": {"const": "message"},
+         "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+         "content": _RESPONSES_CONTENT}, ["role", "content"]),
+    obj({"type": {"const": "function_call"}, "call_id": STR, "name": STR, "namespace": STR,
+         "arguments": {"type": "string", "description": "a JSON object"}},
+        ["type", "call_id", "name", "arguments"]),
+    obj({"type": {"const": "function_call_output"}, "call_id": STR,
+         "output": _RESPONSES_CONTENT}, ["type", "call_id", "output"]),
+    obj({"type": {"const": "reasoning"}, "id": STR, "summary": arr(ANY_OBJ),
+         "content": arr(ANY_OBJ), "encrypted_content": nullable(STR)}, ["type"])]}
+_RESPONSES_FUNCTION = obj({"type": {"const": "function"}, "name": STR, "description": STR,
+                           "parameters": ANY_OBJ, "strict": BOOL}, ["type", "name"])
+_RESPONSES_TOOL: Schema = {
+    "description": "function tools, and namespaces of them; a built-in tool type gets a 400",
+    "anyOf": [_RESPONSES_FUNCTION,
+              obj({"type": {"const": "namespace"}, "name": STR, "description": STR,
+                   "tools": arr(_RESPONSES_FUNCTION)}, ["type", "name", "tools"])]}
+_RESPONSES_OUTPUT: Schema = {"anyOf": [
+    obj({"id": STR, "type": {"const": "message"}, "role": {"const": "assistant"},
+         "status": STR, "content": arr(obj({"type": {"const": "output_text"}, "text": STR,
+                                            "annotations": arr(ANY_OBJ)}, ["type", "text"]))},
+        ["id", "type", "role", "status", "content"]),
+    obj({"id": STR, "type": {"const": "function_call"}, "status": STR, "call_id": STR,
+         "name": STR, "namespace": STR, "arguments": STR},
+        ["id", "type", "call_id", "name", "arguments"]),
+    obj({"id": STR, "type": {"const": "reasoning"}, "summary": arr(ANY_OBJ),
+         "content": arr(obj({"type": {"const": "reasoning_text"}, "text": STR})),
+         "encrypted_content": STR}, ["id", "type", "summary"])]}
+_RESPONSES_USAGE = obj({"input_tokens": INT,
+                        "input_tokens_details": obj({"cached_tokens": INT}, ["cached_tokens"]),
+                        "output_tokens": INT,
+                        "output_tokens_details": obj({"reasoning_tokens": INT},
+                                                     ["reasoning_tokens"]),
+                        "total_tokens": INT},
+                       ["input_tokens", "input_tokens_details", "output_tokens",
+                        "output_tokens_details", "total_tokens"])
+
 COMPONENTS: dict[str, Schema] = {
     "Error": obj({"error": STR}, ["error"]),
     "OpenAIError": obj({"error": obj({"message": STR, "type": STR, "param": nullable(STR),
@@ -224,6 +268,40 @@ COMPONENTS: dict[str, Schema] = {
         "prompt_tokens": INT, "total_tokens": INT}), "data": arr(obj({
             "object": STR, "index": INT, "embedding": {"anyOf": [arr(NUM), STR]}},
             ["object", "index", "embedding"]))}, ["object", "data", "model", "usage"]),
+    "ResponseRequest": obj({
+        "model": STR, "input": {"anyOf": [STR, arr(_RESPONSES_ITEM)]}, "instructions": STR,
+        "previous_response_id": STR, "store": BOOL, "stream": BOOL,
+        "tools": arr(_RESPONSES_TOOL),
+        "tool_choice": {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]},
+                                  obj({"type": {"const": "function"}, "name": STR},
+                                      ["type", "name"])]},
+        "parallel_tool_calls": BOOL, "max_output_tokens": MAX_TOKENS, "temperature": NUM,
+        "top_p": NUM,
+        "reasoning": obj({"effort": {"type": "string", "enum": [
+            "none", "minimal", "low", "medium", "high", "max", "xhigh", "ultra"]},
+            "summary": {"type": "string", "enum": ["auto", "concise", "detailed", "none"]}}),
+        "text": obj({"format": obj({
+            "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+            "name": STR, "schema": ANY_OBJ, "strict": BOOL}, ["type"])}),
+        "metadata": {"type": "object", "additionalProperties": STR, "maxProperties": 16},
+        "include": arr(STR), "prompt_cache_key": STR, "user": STR,
+        "keep_alive": KEEP_ALIVE, "options": ref("Options")}, ["model"]),
+    "Response": obj({
+        "id": STR, "object": {"const": "response"}, "created_at": NUM,
+        "status": {"type": "string", "enum": ["completed", "incomplete", "in_progress",
+                                              "failed"]},
+        "error": nullable(obj({"code": STR, "message": STR}, ["message"])),
+        "incomplete_details": nullable(obj({"reason": STR})), "model": STR,
+        "output": arr(_RESPONSES_OUTPUT), "previous_response_id": nullable(STR),
+        "store": BOOL, "usage": nullable(_RESPONSES_USAGE), "metadata": ANY_OBJ},
+        ["id", "object", "created_at", "status", "model", "output"]),
+    "ResponseStreamEvent": obj({
+        "type": STR, "sequence_number": INT, "response": ref("Response"),
+        "output_index": INT, "content_index": INT, "item_id": STR,
+        "item": _RESPONSES_OUTPUT, "delta": STR, "text": STR, "arguments": STR,
+        "message": STR}, ["type", "sequence_number"]),
+    "ResponseDeleted": obj({"id": STR, "object": {"const": "response.deleted"},
+                            "deleted": BOOL}, ["id", "object", "deleted"]),
 }
 
 
@@ -246,6 +324,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "CompletionRequest": {"model": _MODEL, "prompt": "The sky is blue because",
                           "max_tokens": 16},
     "EmbeddingRequest": {"model": _MODEL, "input": "Why is the sky blue?"},
+    "ResponseRequest": {"model": _MODEL, "input": "Why is the sky blue?",
+                        "instructions": "Answer briefly.", "max_output_tokens": 16},
 }
 for _name, _example in EXAMPLES.items():
     COMPONENTS[_name]["examples"] = [_example]
@@ -258,6 +338,13 @@ def _sse(chunk: str) -> Schema:
         {"const": "[DONE]"},
         {"type": "string", "contentMediaType": "application/json",
          "contentSchema": {"anyOf": [ref(chunk), ref("OpenAIError")]}}]}}, ["data"])
+
+
+def _typed_sse(event: str) -> Schema:
+    """One event of the Responses API's stream: its type named in `event:`, its JSON in
+    `data:` (no closing `[DONE]`)."""
+    return obj({"event": STR, "data": {"type": "string", "contentMediaType": "application/json",
+                                       "contentSchema": ref(event)}}, ["event", "data"])
 
 
 # --- operations --------------------------------------------------------------------------------
@@ -389,6 +476,19 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
     ("/v1/embeddings", "post"): _openai("Embeddings, OpenAI's shape", "EmbeddingRequest",
                                         {"application/json": ref("EmbeddingList")},
                                         *_INFERENCE_ERRORS),
+    ("/v1/responses", "post"): _openai(
+        "OpenAI's Responses API (typed SSE events with \"stream\": true); kept for "
+        "previous_response_id unless \"store\": false", "ResponseRequest",
+        {"application/json": ref("Response"), "text/event-stream": _typed_sse(
+            "ResponseStreamEvent")}, *_INFERENCE_ERRORS),
+    ("/v1/responses/{response_id}", "get"): {
+        **_openai("A stored response (this API key's own)", None,
+                  {"application/json": ref("Response")}, 404),
+        "parameters": _path_param("response_id", "resp_...")},
+    ("/v1/responses/{response_id}", "delete"): {
+        **_openai("Delete a stored response", None,
+                  {"application/json": ref("ResponseDeleted")}, 404),
+        "parameters": _path_param("response_id", "resp_...")},
     ("/openapi.json", "get"): {"summary": "This document", "tags": ["meta"],
                                "responses": {"200": _reply("OpenAPI 3.1",
                                                            {"application/json": ANY_OBJ})}},

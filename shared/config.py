@@ -238,6 +238,13 @@ class Settings:
     # CORRAL_HTTP_WORKERS: processes serving HTTP on the one port; with 2 or more, `serve`
     # becomes their supervisor (gateway/supervise.py).
     http_workers: int = 1
+    # The Responses API's store (gateway/responses/store.py), kept for previous_response_id and
+    # GET /v1/responses/{id}: CORRAL_RESPONSES_DIR (None = corral/responses beside the store),
+    # CORRAL_RESPONSES_STORE bytes on disk in all (0 = nothing is stored), CORRAL_RESPONSES_TTL
+    # how long a response is kept (OpenAI keeps them 30 days).
+    responses_dir: Path | None = None
+    responses_store: int = 256 * 1024**2
+    responses_ttl: float = 30 * 86400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -352,6 +359,19 @@ class Settings:
             if int(kwargs.get("http_workers", 1)) > 1:  # type: ignore[call-overload]
                 raise ConfigError("CORRAL_METRICS_LISTEN works with one HTTP process only "
                                   "(CORRAL_HTTP_WORKERS=1)")
+        if raw := get("CORRAL_RESPONSES_DIR"):
+            kwargs["responses_dir"] = Path(raw).expanduser()
+        if raw := get("CORRAL_RESPONSES_STORE"):
+            kwargs["responses_store"] = _parse_bytes("CORRAL_RESPONSES_STORE", raw)
+        if raw := get("CORRAL_RESPONSES_TTL"):
+            try:
+                ttl = keep_alive_seconds(raw, allow_bare_string_number=True)
+            except ValueError:
+                ttl = -1.0
+            if not 0 < ttl < float("inf"):
+                raise ConfigError(f"CORRAL_RESPONSES_TTL={raw!r}: expected a positive duration "
+                                  "such as 720h or 3600")
+            kwargs["responses_ttl"] = ttl
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 
@@ -359,6 +379,11 @@ class Settings:
     def prompt_cache_root(self) -> Path:
         """Where runners keep prompt states across reloads, one folder per model digest."""
         return self.prompt_cache_dir or self.models.parent / "corral" / "prompt-cache"
+
+    @property
+    def responses_root(self) -> Path:
+        """Where the Responses API keeps stored responses, one folder per API key."""
+        return self.responses_dir or self.models.parent / "corral" / "responses"
 
     @property
     def cpu_only(self) -> bool:

@@ -71,14 +71,20 @@ def body_problems(document: dict[str, Any], path: str, method: str, status: int,
         items = [json.loads(line["data"]) for line in lines]
     elif media == SSE:
         events = [event for event in text.split("\n\n") if event.strip()]
-        datas = [event.removeprefix("data: ") for event in events]
-        if datas[-1] != "[DONE]":
-            return ["the SSE stream does not end with data: [DONE]"]
+        # Each event's data line (the Responses API's events name their type on an `event:`
+        # line before it).
+        datas = [next((line.removeprefix("data: ") for line in event.splitlines()
+                       if line.startswith("data: ")), "") for event in events]
         # The event schema's data holds JSON (contentSchema, an annotation jsonschema does not
         # apply), so each event's JSON is checked against it here.
-        data_schema = _resolve(document, schema)["properties"]["data"]["anyOf"][1]
+        data_schema = _resolve(document, schema)["properties"]["data"]
+        if "anyOf" in data_schema:  # chat completions' streams end with [DONE]
+            if datas[-1] != "[DONE]":
+                return ["the SSE stream does not end with data: [DONE]"]
+            datas = datas[:-1]
+            data_schema = data_schema["anyOf"][1]
         schema = data_schema["contentSchema"]
-        items = [json.loads(data) for data in datas[:-1]]
+        items = [json.loads(data) for data in datas]
     elif media == "application/json":
         items = [json.loads(text)]
     else:

@@ -123,3 +123,16 @@ def test_health_timeout_is_a_duration() -> None:
     assert Settings.from_env({}).health_timeout == 30.0
     assert Settings.from_env({"CORRAL_HEALTH_TIMEOUT": "1m"}).health_timeout == 60.0
     assert Settings.from_env({"CORRAL_HEALTH_TIMEOUT": "2.5"}).health_timeout == 2.5
+
+
+def test_responses_store_settings(tmp_path: Path) -> None:
+    s = Settings.from_env({"OLLAMA_MODELS": str(tmp_path / "models")})
+    assert s.responses_root == tmp_path / "corral" / "responses"
+    assert s.responses_store == 256 * 1024**2 and s.responses_ttl == 30 * 86400
+    s = Settings.from_env({"CORRAL_RESPONSES_DIR": str(tmp_path / "r"),
+                           "CORRAL_RESPONSES_STORE": "0", "CORRAL_RESPONSES_TTL": "1h"})
+    assert (s.responses_root, s.responses_store, s.responses_ttl) == (tmp_path / "r", 0, 3600)
+    for name, value in (("CORRAL_RESPONSES_STORE", "lots"), ("CORRAL_RESPONSES_TTL", "-1"),
+                        ("CORRAL_RESPONSES_TTL", "0"), ("CORRAL_RESPONSES_TTL", "soon")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})

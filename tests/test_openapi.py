@@ -119,6 +119,12 @@ CALLS: list[tuple[str, str, Any]] = [
                               "messages": [{"role": "user", "content": "Hi"}]}),
     ("POST", "/v1/messages/count_tokens", {"model": MODEL,
                                            "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/responses", {"model": MODEL, "input": "Hi", "max_output_tokens": 3}),
+    ("POST", "/v1/responses", {"model": MODEL, "input": [{"role": "user", "content": "Hi"}],
+                               "max_output_tokens": 3, "stream": True}),
+    ("POST", "/v1/responses", {"model": MODEL, "input": 5}),
+    ("GET", "/v1/responses/resp_unknown", None),
+    ("DELETE", "/v1/responses/resp_unknown", None),
 ]
 
 
@@ -136,6 +142,8 @@ def test_real_replies_match_the_document(corral_server: LiveServer, document: di
     reply = httpx.request(method, corral_server.url + path, json=body, timeout=300)
     template = "/v1/models/{model}" if path.startswith("/v1/models/") else path
     template = "/api/blobs/{digest}" if path.startswith("/api/blobs/") else template
+    template = ("/v1/responses/{response_id}" if path.startswith("/v1/responses/")
+                else template)
     content_type = reply.headers.get("content-type", "")
     assert body_problems(document, template, method, reply.status_code, content_type,
                          reply.content) == []

@@ -48,7 +48,8 @@ ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/pus
 ADMIN_PREFIXES = ("/api/blobs/",)
 # Requests that use a model: they count against a key's requests per minute and concurrency.
 MODEL_PATHS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-               "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"}
+               "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+               "/v1/responses"}
 
 
 def _counted(path: str) -> bool:

@@ -26,7 +26,7 @@ RELOADING_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread"
                      "num_parallel")
 INFERENCE = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
              "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-             "/v1/messages/count_tokens")
+             "/v1/messages/count_tokens", "/v1/responses")
 # What the bundled model refuses with a 400 (it has no tools, thinking or vision): dropped from
 # the requests that name it, so that they reach generation.
 UNSUPPORTED = ("tools", "tool_choice", "think", "images", "suffix", "thinking")
@@ -66,12 +66,14 @@ def bound(path: str, body: dict[str, Any]) -> dict[str, Any]:
         for key in RELOADING_OPTIONS:
             body.pop(key, None)
         body["options"] = _bounded_options(body.get("options", {}))
-        for key in ("max_tokens", "max_completion_tokens"):
+        caps = ("max_output_tokens",) if path == "/v1/responses" else ("max_tokens",
+                                                                         "max_completion_tokens")
+        for key in caps:
             value = body.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
                 body[key] = MAX_TOKENS
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-            body["max_tokens"] = MAX_TOKENS
+        if all(body.get(key) is None for key in caps):
+            body[caps[0]] = MAX_TOKENS
         n = body.get("n")
         if isinstance(n, int) and not isinstance(n, bool) and n > 2:
             body["n"] = 2

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API: request translation and the store of responses."""
