@@ -128,7 +128,7 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.agent_turns")
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.agent_turns_openai")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prefix-tokens", type=int, default=4000,
                         help="about how long the system prompt is (tools come on top)")
