@@ -217,6 +217,10 @@ class Settings:
     # CORRAL_HTTP_WORKERS: processes serving HTTP on the one port; with 2 or more, `serve`
     # becomes their supervisor (gateway/supervise.py).
     http_workers: int = 1
+    # CORRAL_DRAFT_MAX: speculative decoding by prompt lookup (runner/process/speculation.py), the
+    # longest draft a sequence guesses unless its request or model says (option draft_max);
+    # 0 = off.
+    draft_max: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -313,6 +317,8 @@ class Settings:
             kwargs["prompt_cache_dir"] = Path(raw).expanduser()
         if raw := get("CORRAL_PROMPT_CACHE_DISK"):
             kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
+        if raw := get("CORRAL_DRAFT_MAX"):
+            kwargs["draft_max"] = _parse_int("CORRAL_DRAFT_MAX", raw, minimum=0)
         if raw := get("CORRAL_HTTP_WORKERS"):
             kwargs["http_workers"] = _parse_int("CORRAL_HTTP_WORKERS", raw, minimum=1)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.

@@ -290,3 +290,63 @@ def test_rollback_beyond_the_sliding_window(engine) -> None:  # noqa: ANN001
     _, second, _ = one(engine, follow, GREEDY)
     _, second_plain, _ = one(engine, follow, {**GREEDY, **OFF})
     assert second.context == second_plain.context
+
+
+# --- settings and reporting ----------------------------------------------------------------------
+
+
+def test_the_settings_reach_the_runner() -> None:
+    from gateway.options import check_options, load_request, merge_options
+    from registry.modelfile import parse
+    from runner.process.speculation import Speculation
+    from shared.config import ConfigError, Settings
+    from shared.errors import BadRequest
+
+    assert Settings.from_env({}).draft_max == 16
+    settings = Settings.from_env({"CORRAL_DRAFT_MAX": "4"})
+    assert settings.draft_max == 4
+    with pytest.raises(ConfigError):
+        Settings.from_env({"CORRAL_DRAFT_MAX": "-1"})
+    options = merge_options({}, {})
+    assert "draft_max" not in options  # unset: the runner's default decides
+    assert load_request("m.gguf", options, settings, 0).draft_max == 4
+    assert check_options({"draft_max": 0}) == {"draft_max": 0}
+    with pytest.raises(BadRequest, match="draft_max"):
+        check_options({"draft_max": "many"})
+    modelfile = parse("FROM x.gguf\nPARAMETER draft_max 0\n")
+    assert modelfile.parameters["draft_max"] == 0
+
+    class Seq:
+        seeded = False
+        options: dict = {}
+
+    speculation = Speculation(4)
+    assert speculation.limit(Seq()) == 4
+    Seq.options = {"draft_max": 0}
+    assert speculation.limit(Seq()) == 0
+    Seq.options, Seq.seeded = {"draft_max": 8}, True
+    assert speculation.limit(Seq()) == 0
+
+
+@pytest.mark.e2e
+def test_ps_and_metrics_show_the_counts_and_the_option_turns_it_off(corral_server) -> None:  # noqa: ANN001
+    import httpx
+
+    def generate(options: dict) -> dict:
+        reply = httpx.post(corral_server.url + "/api/generate", timeout=300, json={
+            "model": "gemma3:270m", "prompt": COPY, "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 32, **options}})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    default, off = generate({}), generate({"draft_max": 0})
+    assert default["response"] == off["response"]
+    assert default["context"] == off["context"]
+    entry = corral_server.wait_ps("gemma3:270m", lambda e: e is not None)
+    speculative = entry["corral"]["speculative"]
+    assert set(speculative) == {"drafted", "accepted"}
+    assert 0 <= speculative["accepted"] <= speculative["drafted"]
+    assert entry["corral"]["runners"][0]["speculative"]["drafted"] == speculative["drafted"]
+    metrics = httpx.get(corral_server.url + "/metrics", timeout=30).text
+    assert "corral_speculative_drafted_tokens_total" in metrics
+    assert "corral_speculative_accepted_tokens_total" in metrics
