@@ -219,8 +219,8 @@ class Settings:
     http_workers: int = 1
     # CORRAL_DRAFT_MAX: speculative decoding by prompt lookup (runner/process/speculation.py), the
     # longest draft a sequence guesses unless its request or model says (option draft_max);
-    # 0 = off.
-    draft_max: int = 16
+    # 0 = off (the default until the benchmark shows no loss on unrelated text).
+    draft_max: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
