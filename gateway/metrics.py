@@ -135,6 +135,8 @@ class ModelState:
     resident: int = 0
     cache_bytes: int = 0  # the runners' prompt caches (runner/process/promptcache.py)
     cache_hits: int = 0
+    drafted: int = 0  # speculative decoding (runner/process/speculation.py): tokens guessed
+    accepted: int = 0  # ... and of them held
 
 
 @dataclass
@@ -166,6 +168,9 @@ class Snapshot:
                 if health is not None and len(health.prompt_cache) >= 3:
                     state.cache_bytes += health.prompt_cache[1]
                     state.cache_hits += health.prompt_cache[2]
+                if health is not None and len(health.speculative) >= 2:
+                    state.drafted += health.speculative[0]
+                    state.accepted += health.speculative[1]
         with contextlib.suppress(Exception):  # no inventory: no GPU series
             inventory = pool.inventory()
             snap.gpus = [(str(g.index), g.used, g.total) for g in inventory.gpus]
@@ -240,6 +245,18 @@ class SupervisorCollector(Collector):
             cache_hits.add_metric([model], state.cache_hits)
         yield cache_bytes
         yield cache_hits
+        # Counted by each runner since it loaded, as the prompt cache's hits.
+        drafted = CounterMetricFamily("corral_speculative_drafted_tokens",
+                                      "Tokens guessed by prompt lookup and verified in a decode "
+                                      "step (speculative decoding).", labels=["model"])
+        accepted = CounterMetricFamily("corral_speculative_accepted_tokens",
+                                       "Guessed tokens that held (each saved a decode step).",
+                                       labels=["model"])
+        for model, state in models.items():
+            drafted.add_metric([model], state.drafted)
+            accepted.add_metric([model], state.accepted)
+        yield drafted
+        yield accepted
         used_gpu = GaugeMetricFamily("corral_gpu_memory_used_bytes", "GPU memory in use.",
                                      labels=["gpu"])
         total_gpu = GaugeMetricFamily("corral_gpu_memory_total_bytes", "GPU memory.",

@@ -81,6 +81,7 @@ def load_request(path: str, options: dict[str, Any], settings: Settings, n_ctx_t
         prompt_cache=settings.prompt_cache,
         prompt_cache_dir=str(settings.prompt_cache_root) if settings.prompt_cache_disk else "",
         prompt_cache_disk=settings.prompt_cache_disk,
+        draft_max=settings.draft_max,
     )
 
 

@@ -245,6 +245,10 @@ class Settings:
     responses_dir: Path | None = None
     responses_store: int = 256 * 1024**2
     responses_ttl: float = 30 * 86400.0
+    # CORRAL_DRAFT_MAX: speculative decoding by prompt lookup (runner/process/speculation.py), the
+    # longest draft a sequence guesses unless its request or model says (option draft_max);
+    # 0 = off (the default until the benchmark shows no loss on unrelated text).
+    draft_max: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -345,6 +349,8 @@ class Settings:
             kwargs["prompt_cache_dir"] = Path(raw).expanduser()
         if raw := get("CORRAL_PROMPT_CACHE_DISK"):
             kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
+        if raw := get("CORRAL_DRAFT_MAX"):
+            kwargs["draft_max"] = _parse_int("CORRAL_DRAFT_MAX", raw, minimum=0)
         if raw := get("CORRAL_HTTP_WORKERS"):
             kwargs["http_workers"] = _parse_int("CORRAL_HTTP_WORKERS", raw, minimum=1)
         if raw := get("CORRAL_METRICS_LISTEN"):

@@ -31,4 +31,7 @@ OPTION_TYPES: dict[str, tuple[type, Any]] = {
     "num_parallel": (int, 0),  # corral: slots for this model; 0 = the supervisor chooses
     "use_mmap": (bool, True),
     "num_thread": (int, 0),
+    # corral: the longest run of tokens guessed by prompt lookup and verified in one step
+    # (speculative decoding); 0 = off; unset = the server's CORRAL_DRAFT_MAX.
+    "draft_max": (int, None),
 }

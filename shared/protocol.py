@@ -47,6 +47,9 @@ class Load:
     prompt_cache: int = 0
     prompt_cache_dir: str = ""
     prompt_cache_disk: int = 0
+    # Speculative decoding by prompt lookup (runner/process/speculation.py): the longest draft a
+    # sequence guesses when its request does not say (option draft_max); 0 = off.
+    draft_max: int = 0
 
 
 @dataclass(slots=True)
@@ -212,6 +215,8 @@ class HealthReply:
     kv_used: int = 0  # cache positions the active sequences hold (of n_ctx x parallel)
     # The prompt cache beyond the slots: [entries, bytes, hits, misses]
     prompt_cache: list[int] = field(default_factory=list)
+    # Speculative decoding since the runner loaded: [tokens guessed and verified, of which held]
+    speculative: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -365,6 +365,7 @@ async def running_models(pool: RunnerPool) -> list[dict[str, Any]]:
                 # slots, and requests queued or being prepared there.
                 "reported": _reported(entry.runner.last_health),
                 "prompt_cache": _prompt_cache([entry]),
+                "speculative": _speculative([entry]),
             })
         # Sizes add up over replicas: each holds its own copy of the model. The estimate where it
         # was placed: llama.cpp's buffers on GPUs, the runner's RAM on the CPU.
@@ -408,6 +409,9 @@ async def running_models(pool: RunnerPool) -> list[dict[str, Any]]:
                 # Prompt states kept beyond the slots, summed over replicas, as of the last
                 # health check (runner/process/promptcache.py).
                 "prompt_cache": _prompt_cache(group),
+                # Speculative decoding (prompt lookup) since each runner loaded: tokens guessed
+                # and verified, and how many of them held.
+                "speculative": _speculative(group),
             },
         })
     return models
@@ -426,6 +430,15 @@ def _prompt_cache(entries: list[Any]) -> dict[str, int]:
         for i, value in enumerate(health.prompt_cache if health is not None else ()):
             totals[i] += value
     return dict(zip(("entries", "bytes", "hits", "misses"), totals, strict=True))
+
+
+def _speculative(entries: list[Any]) -> dict[str, int]:
+    totals = [0, 0]
+    for entry in entries:
+        health = entry.runner.last_health
+        for i, value in enumerate(health.speculative if health is not None else ()):
+            totals[i] += value
+    return dict(zip(("drafted", "accepted"), totals, strict=True))
 
 
 def _expiry_ns(expires_at: float) -> int:

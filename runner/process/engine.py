@@ -50,6 +50,7 @@ from runner.process.promptcache import (
     reusable,
 )
 from runner.process.sampling import Sampler, token_logprobs, uses_penalties
+from runner.process.speculation import Speculation
 from runner.process.textstream import TextStream
 from shared import protocol as p
 from shared.errors import BadRequest, CorralError
@@ -135,6 +136,7 @@ class Sequence:
     pending_logprobs: list[dict[str, Any]] = field(default_factory=list)
     tenant: str = ""  # the API key it came from: free slots go round-robin across keys
     scope: Scope = NO_KEYS  # which caches it may reuse (runner/process/promptcache.py)
+    drafter: Any = None  # its n-gram drafter (runner/process/speculation.py), made on first use
     submitted_ns: int = field(default_factory=time.perf_counter_ns)  # for the queue wait
 
 
@@ -295,6 +297,7 @@ class Engine:
         self._public_starts: dict[tuple[bool, str], list[int]] = {}  # see _scope
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
         self._token_s = 0.0  # seconds per batch token, measured (moving average)
+        self.speculation = Speculation(load.draft_max)
         self._warm_up(load.safe_cpu)
         if self.meta(f"{self.architecture}.pooling_type") is not None:
             # An embedding-only model does nothing else: its embedding context is made (and its
@@ -851,15 +854,32 @@ class Engine:
         wants: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
         n = 0
         decoding = [s for s in self.slots if s.sequence and not s.sequence.pending]
+        reading = sorted((s for s in self.slots if s.sequence and s.sequence.pending),
+                         key=lambda s: s.last_used)  # oldest admission first
+        # Guessed next tokens (runner/process/speculation.py), verified in this same step; none
+        # in a step that also reads a prompt.
+        drafts = {} if reading else self.speculation.plan(
+            [s.sequence for s in decoding if s.sequence is not None],
+            self.n_ctx, min(self.n_batch, self.n_ubatch))
+        verify: list[tuple[Sequence, int, list[int]]] = []  # (sequence, first row, its draft)
+        rows: list[int] = []  # rows of each generating sequence
         for slot in decoding:  # every generating sequence advances one token per step
-            assert slot.sequence is not None
-            n = self._add(slot, [slot.sequence.last_token], True, n)
-            wants.append((slot.sequence, n - 1))
+            seq = slot.sequence
+            assert seq is not None
+            draft = drafts.get(seq.request_id)
+            if draft:
+                verify.append((seq, n, draft))
+                n = self._add(slot, [seq.last_token, *draft], True, n)
+                for row in range(n - len(draft) - 1, n):
+                    self.batch.logits[row] = 1
+                rows.append(len(draft) + 1)
+                continue
+            n = self._add(slot, [seq.last_token], True, n)
+            wants.append((seq, n - 1))
+            rows.append(1)
         budget = self.n_batch - n
         if decoding:
             budget = min(budget, self._prefill_chunk())
-        reading = sorted((s for s in self.slots if s.sequence and s.sequence.pending),
-                         key=lambda s: s.last_used)  # oldest admission first
         for slot in reading:
             seq = slot.sequence
             assert seq is not None
@@ -878,9 +898,15 @@ class Engine:
         self.batch.n_tokens = n
         started = time.perf_counter()
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
-        self._time_step(n, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if not verify:  # (drafted rows are not prompt reading: they would skew its pace)
+            self._time_step(n, seconds)
         if rc != 0:
             return out + self._fail_all(f"llama_decode failed with code {rc}")
+        if not reading:
+            self.speculation.observe(rows, seconds)
+        for seq, row, draft in verify:
+            out.extend(self._verify(seq, row, draft))
         for seq, index in wants:
             if self.n_swa and not seq.generated and len(seq.prompt) >= MIN_RESTORE_TOKENS:
                 slot = self.slots[seq.slot]  # its prompt is read: checkpoint before any reply
@@ -889,6 +915,33 @@ class Engine:
             token = seq.sampler.sample(self.ctx, index)
             out.extend(self._on_token(seq, token, index))
         return out
+
+    def _verify(self, seq: Sequence, row: int, draft: list[int]) -> Iterator[p.Message]:
+        """A sequence decoded with guessed tokens at batch rows `row`.. (its last token, then
+        the draft): sample the rows in order with its own sampler while each sample equals the
+        guess that row was fed, cut the positions of the rejected guesses off the cache, and hand
+        on the sampled tokens one by one, as decoding without guesses would have made them."""
+        slot = self.slots[seq.slot]
+        assert seq.sampler is not None
+        tokens: list[int] = []
+        for j in range(len(draft) + 1):
+            token = seq.sampler.sample(self.ctx, row + j)
+            tokens.append(token)
+            # An end-of-generation token ends it: nothing after it is sampled (a grammar has
+            # nothing left to accept).
+            if j == len(draft) or token != draft[j] or \
+                    llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                break
+        kept = len(tokens) - 1  # guesses that held (their rows' cache entries stay)
+        if kept < len(draft):
+            seq.n_past -= len(draft) - kept
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.index, seq.n_past, -1)
+            del slot.tokens[seq.n_past:]
+        self.speculation.record(seq, len(draft), kept)
+        for j, token in enumerate(tokens):
+            yield from self._on_token(seq, token, row + j)
+            if slot.sequence is not seq:  # finished (stop string, end, num_predict)
+                return
 
     def _prefill_chunk(self) -> int:
         """Prompt tokens to read in a step beside streams: PREFILL_CHUNK_WHILE_DECODING, or as

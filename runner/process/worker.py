@@ -122,7 +122,8 @@ class Worker:
                 cache = engine.prompt_cache.stats() if engine else None
                 self.send(peer, p.HealthReply(
                     rid, active, queued, engine.kv_used if engine else 0,
-                    [cache.entries, cache.bytes, cache.hits, cache.misses] if cache else []))
+                    [cache.entries, cache.bytes, cache.hits, cache.misses] if cache else [],
+                    [engine.speculation.drafted, engine.speculation.accepted] if engine else []))
             case p.SetThreads(n_threads=n):
                 if engine is not None:
                     engine.set_threads(n)
