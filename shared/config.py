@@ -217,6 +217,10 @@ class Settings:
     # CORRAL_HTTP_WORKERS: processes serving HTTP on the one port; with 2 or more, `serve`
     # becomes their supervisor (gateway/supervise.py).
     http_workers: int = 1
+    # Images in one request (CORRAL_MAX_IMAGES, over all its messages) and bytes per image
+    # (CORRAL_MAX_IMAGE_BYTES, decoded): beyond them a request is refused with a 400.
+    max_images: int = 16
+    max_image_bytes: int = 20 * 1024**2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -315,6 +319,10 @@ class Settings:
             kwargs["prompt_cache_disk"] = _parse_bytes("CORRAL_PROMPT_CACHE_DISK", raw)
         if raw := get("CORRAL_HTTP_WORKERS"):
             kwargs["http_workers"] = _parse_int("CORRAL_HTTP_WORKERS", raw, minimum=1)
+        if raw := get("CORRAL_MAX_IMAGES"):
+            kwargs["max_images"] = _parse_int("CORRAL_MAX_IMAGES", raw, minimum=0)
+        if raw := get("CORRAL_MAX_IMAGE_BYTES"):
+            kwargs["max_image_bytes"] = _parse_bytes("CORRAL_MAX_IMAGE_BYTES", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

@@ -47,6 +47,7 @@ class Load:
     prompt_cache: int = 0
     prompt_cache_dir: str = ""
     prompt_cache_disk: int = 0
+    projector: str = ""  # a vision projector GGUF (CLIP/mmproj) loaded with libmtmd; "" = none
 
 
 @dataclass(slots=True)
@@ -74,6 +75,9 @@ class Generate:
     # The reply is read whole ("stream": false): the runner sends all the text (and logprobs)
     # in one Chunk just before Done, with the per-token timings in `Done.token_gaps`.
     whole: bool = False
+    # Images (encoded files: PNG, JPEG, ...) of a `prompt`, read where it says `[img-N]` (N from
+    # 0). Images of `messages` travel in each message's own "images" list.
+    images: list[bytes] | None = None
 
 
 @dataclass(slots=True)

@@ -54,7 +54,7 @@ def write_lm(path: Path) -> Path:
     colour_ids = [tokens.index(f"▁{c}") for c in COLOURS]
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-vision")
-    w.add_context_length(512)
+    w.add_context_length(4096)
     w.add_embedding_length(n_embd)
     w.add_block_count(1)
     w.add_feed_forward_length(n_ff)
@@ -113,10 +113,13 @@ def write_lm(path: Path) -> Path:
     return path
 
 
-def write_projector(path: Path) -> Path:
-    """The projector: CLIP vision encoder (1 block, never run) + LLaVA mlp projector."""
-    n_embd, n_head, n_ff, hidden = V_EMBD, 4, 64, 64
-    n_pos = N_IMAGE_TOKENS
+def write_projector(path: Path, *, image_size: int = IMAGE_SIZE, n_embd: int = V_EMBD,
+                    n_block: int = 1, n_ff: int = 64) -> Path:
+    """The projector: CLIP vision encoder + LLaVA mlp projector. With one block (the default)
+    llava's graph runs no encoder layer; a benchmark asks for more blocks and a larger image
+    (their weights are zeros: the image still decides, and the encoder does real work)."""
+    n_head, hidden = 4, 64
+    n_pos = (image_size // PATCH) ** 2
     w = gguf.GGUFWriter(str(path), "clip")
     w.add_name("tiny-vision-projector")
     w.add_string("general.type", "mmproj")
@@ -125,12 +128,12 @@ def write_projector(path: Path) -> Path:
     w.add_bool("clip.has_llava_projector", True)
     w.add_string("clip.projector_type", "mlp")
     w.add_bool("clip.use_gelu", True)
-    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    w.add_uint32("clip.vision.image_size", image_size)
     w.add_uint32("clip.vision.patch_size", PATCH)
     w.add_uint32("clip.vision.embedding_length", n_embd)
     w.add_uint32("clip.vision.feed_forward_length", n_ff)
     w.add_uint32("clip.vision.projection_dim", LM_EMBD)
-    w.add_uint32("clip.vision.block_count", 1)
+    w.add_uint32("clip.vision.block_count", n_block)
     w.add_uint32("clip.vision.attention.head_count", n_head)
     w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
     w.add_array("clip.vision.image_mean", [0.0, 0.0, 0.0])
@@ -143,16 +146,17 @@ def write_projector(path: Path) -> Path:
     w.add_tensor("v.patch_embd.weight", patch)
     w.add_tensor("v.position_embd.weight", np.zeros((n_pos, n_embd), np.float32))
     zeros_sq = np.zeros((n_embd, n_embd), np.float32)
-    for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
-        w.add_tensor(f"v.blk.0.{part}.weight", zeros_sq)
-        w.add_tensor(f"v.blk.0.{part}.bias", np.zeros(n_embd, np.float32))
-    for part in ("ln1", "ln2"):
-        w.add_tensor(f"v.blk.0.{part}.weight", np.ones(n_embd, np.float32))
-        w.add_tensor(f"v.blk.0.{part}.bias", np.zeros(n_embd, np.float32))
-    w.add_tensor("v.blk.0.ffn_up.weight", np.zeros((n_ff, n_embd), np.float32))
-    w.add_tensor("v.blk.0.ffn_up.bias", np.zeros(n_ff, np.float32))
-    w.add_tensor("v.blk.0.ffn_down.weight", np.zeros((n_embd, n_ff), np.float32))
-    w.add_tensor("v.blk.0.ffn_down.bias", np.zeros(n_embd, np.float32))
+    for i in range(n_block):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            w.add_tensor(f"v.blk.{i}.{part}.weight", zeros_sq)
+            w.add_tensor(f"v.blk.{i}.{part}.bias", np.zeros(n_embd, np.float32))
+        for part in ("ln1", "ln2"):
+            w.add_tensor(f"v.blk.{i}.{part}.weight", np.ones(n_embd, np.float32))
+            w.add_tensor(f"v.blk.{i}.{part}.bias", np.zeros(n_embd, np.float32))
+        w.add_tensor(f"v.blk.{i}.ffn_up.weight", np.zeros((n_ff, n_embd), np.float32))
+        w.add_tensor(f"v.blk.{i}.ffn_up.bias", np.zeros(n_ff, np.float32))
+        w.add_tensor(f"v.blk.{i}.ffn_down.weight", np.zeros((n_embd, n_ff), np.float32))
+        w.add_tensor(f"v.blk.{i}.ffn_down.bias", np.zeros(n_embd, np.float32))
 
     mm0 = np.zeros((hidden, n_embd), np.float32)
     mm0_b = np.zeros(hidden, np.float32)
