@@ -13,7 +13,8 @@ How the image reaches the answer:
   RoPE pair, so the last position reads the image positions; V/O copy dims 0..2 into the
   residual; the output head turns dim 0/1/2 into the logits of " red"/" green"/" blue";
 - the colour tokens carry dim 8 ("answered"), which the output head turns into end-of-sequence,
-  and with no image the small EOS weight on dim 4 wins: a text-only prompt answers nothing.
+  and with no image the small weight of " the" on dim 4 wins: a text-only prompt answers
+  " the the the ..." until num_predict (a stream that runs as long as a test needs).
 So a red image answers " red", a green one " green", a blue one " blue", on any API.
 """
 
@@ -81,7 +82,7 @@ def write_lm(path: Path) -> Path:
     out = np.zeros((len(tokens), n_embd), np.float32)
     for channel, tid in enumerate(colour_ids):
         out[tid, channel] = 10.0
-    out[2, 4] = 0.5                   # EOS, weakly, when nothing else speaks
+    out[tokens.index("▁the"), 4] = 0.5  # " the", weakly, when nothing else speaks
     out[2, 8] = 200.0                 # EOS, strongly, after a colour word
     w.add_tensor("output.weight", out)
 
