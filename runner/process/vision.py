@@ -186,6 +186,7 @@ class Vision:
 
     def __init__(self, path: str, model: Any, *, gpu: bool, n_threads: int, n_batch: int,
                  n_embd: int) -> None:
+        quiet_logs()
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = gpu
         params.n_threads = n_threads
@@ -385,6 +386,15 @@ def _image_chunk(chunks: Any) -> Any:
         if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
             return chunk
     return None
+
+
+def quiet_logs() -> None:
+    """libmtmd logs several lines per image to stderr by default: send them where llama.cpp's
+    own lines go (llama-cpp-python's logger, shown at OLLAMA_DEBUG only)."""
+    from llama_cpp import _logger
+
+    mtmd.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    mtmd.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def gpu_device(main_gpu: int) -> None:
