@@ -8,6 +8,7 @@ import ctypes
 from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from llama_cpp import mtmd_cpp as mtmd
 
@@ -142,6 +143,33 @@ def test_history_images_are_read_again_and_reused_from_the_cache(engine: Engine)
     text3, done3 = one(engine, other)
     assert text3 == " blue"
     assert done3.cached_tokens < done.prompt_eval_count - vision_model.N_IMAGE_TOKENS
+
+
+def test_a_slot_copies_another_slots_image_instead_of_reading_it(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests sharing a long start and an image, sent together: the second waits for the
+    first slot to read it, then copies that slot's cache (image positions included)."""
+    copies: list[tuple[int, int]] = []
+    real_copy = llama_cpp.llama_memory_seq_cp
+
+    def copy(memory: object, src: int, dst: int, p0: int, p1: int) -> None:
+        copies.append((src, dst))
+        real_copy(memory, src, dst, p0, p1)
+
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", copy)
+    system = ("system", "look closely at the picture and name its colour " * 2, [])
+    encoded = engine.vision.encoded  # type: ignore[union-attr]
+    first = chat(system, ("user", "which colour?", [image("green")]))
+    second = chat(system, ("user", "which colour?", [image("green")]), ("assistant", " x", []),
+                  ("user", "sure?", []))
+    results = run(engine, first, second)
+    (text1, done1), (text2, done2) = results[first.id], results[second.id]
+    assert (text1, text2) == (" green", " green")
+    assert isinstance(done1, p.Done) and isinstance(done2, p.Done)
+    # Everything up to the end of the image (and the question after it) came from the copy.
+    assert done2.cached_tokens >= done1.prompt_eval_count - 8
+    assert engine.vision.encoded == encoded + 1  # type: ignore[union-attr]
+    assert len(copies) == 1 and copies[0][0] != copies[0][1]
 
 
 def test_images_stream_beside_other_requests(engine: Engine) -> None:
