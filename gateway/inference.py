@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import images
 from gateway.harmony import HarmonyCalls, HarmonyParser, speaks_harmony
 from gateway.options import (
     LOAD_OPTION_NAMES,
@@ -98,12 +99,11 @@ def check_messages(raw: Any) -> list[Message]:
             raise BadRequest("message content must be a string")
         if item.get("thinking") is not None and not isinstance(item["thinking"], str):
             raise BadRequest("message thinking must be a string")
-        if item.get("images"):
-            raise BadRequest("this model does not support images")
         message = {**item, "role": role.lower(), "content": content or ""}
         if item.get("tool_calls") is not None:
             message["tool_calls"] = _check_calls(item["tool_calls"])
         messages.append(message)
+    images.check_messages(messages)  # base64 -> bytes, each named in its error
     return messages
 
 
@@ -371,6 +371,7 @@ class Inference:
         n_ctx_train = info.context_length if info else 0
         load = load_request(str(model.model_path), options, self.settings, n_ctx_train)
         load.adapters = [str(path) for path in model.adapter_paths]  # ADAPTER layers (LoRA)
+        load.projector = str(model.projector_paths[0]) if model.projector_paths else ""
         keep = parse_keep_alive(keep_alive)
         if keep is not None and not team.may_set_keep_alive():  # the server's keep-alive applies
             return Job(model, options, load, None, unload_refused=keep == 0)
@@ -432,12 +433,14 @@ class Inference:
                        shift: bool = True, tools: ToolUse | None = None,
                        logprobs: int = -1, think: ThinkUse | None = None,
                        count_thinking: bool = False, as_written: bool = False,
-                       whole: bool = False) -> Generation:
+                       whole: bool = False, image_data: list[bytes] | None = None
+                       ) -> Generation:
         """Start a generation. With `tools` the prompt offers them and the reply is parsed for
         calls (and forced to be one when the tool choice says so). With `think` the template
         gets the think value and the reply's thinking is split from its content
         (`count_thinking`: and its tokens counted). `as_written`: see template_prompt.
-        `whole`: the reply is collected, not streamed; the runner sends its text at the end."""
+        `whole`: the reply is collected, not streamed; the runner sends its text at the end.
+        `image_data`: the images of a raw `prompt` (messages carry their own)."""
         tool_list = tools.tools if tools else None
         from_messages = prompt is None and messages is not None  # (not raw, not infill)
         grammar = tools.grammar if tools else None
@@ -449,17 +452,26 @@ class Inference:
         # SYSTEM prompt, set by an admin); a prompt sent as it is shares nothing.
         salt = team.cache_salt()
         shared = ""
+        if images.count(messages, image_data):
+            if not job.model.projector_paths:
+                raise BadRequest(images.NO_IMAGES)
+            images.check_limits(messages, image_data, self.settings)
         if prompt is None and messages is not None:
             shared = (job.model.system or "") if salt else ""
-            rendered = self.template_prompt(job.model, messages, tool_list, value,
+            # A Go template reads images where Ollama writes its [img-N] tags.
+            tagged, image_data = images.tag_messages(messages)
+            rendered = self.template_prompt(job.model, tagged, tool_list, value,
                                             as_written=as_written)
             if rendered is not None:  # the stop strings come from the model's params
                 if truncate:
-                    rendered = await self._fit(job, messages, tool_list, rendered, value)
+                    rendered = await self._fit(job, tagged, tool_list, rendered, value)
                 prompt, messages = rendered, None
                 shared = shared_start(job.model.template or "", job.model.system) if salt else ""
-            else:  # the runner renders the GGUF's Jinja template
+            else:  # the runner renders the messages, images and all
+                image_data = None
                 template_vars = jinja_variables(value) or None
+        elif prompt is not None and image_data:
+            prompt = images.tag_prompt(prompt, image_data)
         thinker: ThinkingParser | HarmonyParser | None = None
         if think is not None and think.markers is not None:
             if prompt is not None:
@@ -473,7 +485,7 @@ class Inference:
                              context, format_ or None, shift, tools=tool_list,
                              grammar=grammar, logprobs=logprobs, template_vars=template_vars,
                              tenant=team.tenant(), whole=whole, cache_salt=salt,
-                             shared_prefix=shared)
+                             shared_prefix=shared, images=image_data or None)
         parser: CallParser | XmlCallParser | HarmonyCalls | None = \
             tools.parser() if tools else None
         if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser")):

@@ -169,6 +169,12 @@ class LocalModel:
         """Metadata of the model GGUF (cached in gguf_info), None if absent or unreadable."""
         return read_gguf_safe(self.model_path) if self.model_path else None
 
+    @property
+    def projector_gguf(self) -> GGUFInfo | None:
+        """Metadata of the vision projector GGUF (the first PROJECTOR layer), None if none."""
+        paths = self.projector_paths
+        return read_gguf_safe(paths[0]) if paths else None
+
     @cached_property
     def capabilities(self) -> list[str]:
         stored = self.config.get("capabilities")

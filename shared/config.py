@@ -249,6 +249,10 @@ class Settings:
     # longest draft a sequence guesses unless its request or model says (option draft_max);
     # 0 = off (the default until the benchmark shows no loss on unrelated text).
     draft_max: int = 0
+    # Images in one request (CORRAL_MAX_IMAGES, over all its messages) and bytes per image
+    # (CORRAL_MAX_IMAGE_BYTES, decoded): beyond them a request is refused with a 400.
+    max_images: int = 16
+    max_image_bytes: int = 20 * 1024**2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -378,6 +382,10 @@ class Settings:
                 raise ConfigError(f"CORRAL_RESPONSES_TTL={raw!r}: expected a positive duration "
                                   "such as 720h or 3600")
             kwargs["responses_ttl"] = ttl
+        if raw := get("CORRAL_MAX_IMAGES"):
+            kwargs["max_images"] = _parse_int("CORRAL_MAX_IMAGES", raw, minimum=0)
+        if raw := get("CORRAL_MAX_IMAGE_BYTES"):
+            kwargs["max_image_bytes"] = _parse_bytes("CORRAL_MAX_IMAGE_BYTES", raw)
         # OLLAMA_TELEMETRY is accepted and ignored: corral never sends anything anywhere.
         return cls(**kwargs)  # type: ignore[arg-type]
 

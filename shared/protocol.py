@@ -50,6 +50,7 @@ class Load:
     # Speculative decoding by prompt lookup (runner/process/speculation.py): the longest draft a
     # sequence guesses when its request does not say (option draft_max); 0 = off.
     draft_max: int = 0
+    projector: str = ""  # a vision projector GGUF (CLIP/mmproj) loaded with libmtmd; "" = none
 
 
 @dataclass(slots=True)
@@ -83,6 +84,9 @@ class Generate:
     # rendered as the prompt starts). "" without keys: everything is shared.
     cache_salt: str = ""
     shared_prefix: str = ""
+    # Images (encoded files: PNG, JPEG, ...) of a `prompt`, read where it says `[img-N]` (N from
+    # 0). Images of `messages` travel in each message's own "images" list.
+    images: list[bytes] | None = None
 
 
 @dataclass(slots=True)

@@ -100,7 +100,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     others = [m for m in running if m.get("name") != model.display()
               and m.get("model") != model.display()]
     try:
-        decision = plan_model(shape_from_gguf(info), inventory, _residents(others),
+        decision = plan_model(shape_from_gguf(info, model.projector_gguf), inventory,
+                              _residents(others),
                               num_ctx=num_ctx,
                               requested_parallel=args.parallel,
                               configured_parallel=settings.num_parallel,
@@ -119,7 +120,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                 "free": g.free} for g in inventory.gpus],
                       "ram_free": inventory.ram_free, "simulated": inventory.simulated},
         "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
-                     "output": need.output, "total": need.total, "host_total": need.host_total},
+                     "output": need.output, "projector": need.projector, "total": need.total,
+                     "host_total": need.host_total},
         # The same model as a running server has it loaded (its own slots and context), or
         # null: what the estimate is held against.
         "measured": _measured(running, model),
@@ -144,6 +146,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_row("weights (estimate)", f"{need.weights / MiB:.0f}")
     table.add_row("KV cache (estimate)", f"{need.kv / MiB:.0f}")
     table.add_row("compute buffers (estimate)", f"{need.compute / MiB:.0f}")
+    if need.projector:
+        table.add_row("vision projector (estimate)", f"{need.projector / MiB:.1f}")
     table.add_row("runner RAM on the CPU (estimate)", f"{need.host_total / MiB:.0f}")
     measured = report["measured"]
     if measured is not None:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway import images
 from gateway.http import dumps, field, json_response, ndjson, read_json, unless_disconnected
 from gateway.inference import (
     Collected,
@@ -147,8 +148,8 @@ async def generate(request: Request) -> Response:
     suffix = field(data, "suffix", str, "")
     if suffix and raw:
         raise BadRequest("raw mode does not support suffix")
-    if data.get("images"):
-        raise BadRequest(f'"{name}" does not support images')
+    raw_images = field(data, "images", list) or []
+    image_data = [images.decode_base64(v, f"images[{j}]") for j, v in enumerate(raw_images)]
     think = inference.think_use(model, data.get("think"), name)
     inference.check_completion(model, name, "generate")
     if template := field(data, "template", str):  # the request's, in place of the model's
@@ -168,9 +169,12 @@ async def generate(request: Request) -> Response:
         work = inference.generate(job, prompt=inference.fill_in_middle(model, prompt, suffix),
                                   **limits)
     elif raw:
-        work = inference.generate(job, prompt=prompt, think=think, **limits)
+        work = inference.generate(job, prompt=prompt, think=think, image_data=image_data,
+                                  **limits)
     else:
-        messages = [{"role": "user", "content": prompt}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+        if image_data:
+            messages[0]["images"] = image_data
         sys_text = system if system is not None else model.system
         if sys_text:
             messages.insert(0, {"role": "system", "content": sys_text})
@@ -396,7 +400,8 @@ async def running_models(pool: RunnerPool) -> list[dict[str, Any]]:
                 "active": sum(r["active"] for r in runners),
                 "queued": sum(r["queued"] for r in runners),
                 "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
-                             "total": need.total, "host_total": need.host_total},  # one replica's
+                             "projector": need.projector, "total": need.total,
+                             "host_total": need.host_total},  # one replica's
                 "measured": {
                     "weights": first.ready.model_bytes,
                     # llama.cpp's buffers by kind, from its load log (all devices).

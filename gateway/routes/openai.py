@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway import images
 from gateway.http import Stream, dumps, field, json_response, read_json, unless_disconnected
 from gateway.inference import (
     Event,
@@ -165,8 +166,9 @@ def _chat_logprobs(data: dict[str, Any]) -> int:
     return top or 0
 
 
-def _part_text(part: Any) -> str:
-    """One content part's text; image and audio parts are refused clearly."""
+def _part_text(part: Any) -> str | bytes:
+    """One content part's text, or an image part's bytes (a base64 data URL); audio parts are
+    refused clearly."""
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text":
         text = part.get("text")
@@ -176,10 +178,7 @@ def _part_text(part: Any) -> str:
     if kind == "image_url":
         image = part.get("image_url")
         url = image.get("url") if isinstance(image, dict) else image
-        if isinstance(url, str) and not url.startswith("data:"):
-            raise BadRequest("image URLs are not currently supported, please use base64 encoded "
-                             "data instead")
-        raise BadRequest("image input is not supported yet: this server has no vision models")
+        return images.from_url(url, "image_url")
     if kind == "input_audio":
         raise BadRequest("audio input is not supported")
     raise BadRequest(f"unknown content part type {kind!r}")
@@ -227,10 +226,15 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
             raise InvalidParam(f"Invalid value: {shown}. Supported values are: {_ROLE_LIST}.",
                                f"messages[{index}].role", "invalid_value")
         content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(_part_text(part) for part in content)
+        pictures: list[bytes] = []
+        if isinstance(content, list):  # images go before the text, as Ollama's layer puts them
+            parts = [_part_text(part) for part in content]
+            pictures = [part for part in parts if isinstance(part, bytes)]
+            content = "".join(part for part in parts if isinstance(part, str))
         item: dict[str, Any] = {"role": "system" if role == "developer" else role,
                                 "content": content}
+        if pictures:
+            item["images"] = pictures
         # Earlier thinking: DeepSeek's and vLLM's name, or Ollama's compatibility layer's.
         thinking = message.get("reasoning_content") or message.get("reasoning")
         if thinking:

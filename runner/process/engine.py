@@ -37,7 +37,7 @@ import numpy as np
 
 from runner.cpusafety import cpu_config, inject_fault
 from runner.kvlayout import KV_BYTES_PER_ELEMENT, swa_cells, swa_layers
-from runner.process import longtext, promptdisk
+from runner.process import longtext, promptdisk, vision
 from runner.process.embedding import Embedder
 from runner.process.fairqueue import FairQueue
 from runner.process.promptcache import (
@@ -138,6 +138,7 @@ class Sequence:
     scope: Scope = NO_KEYS  # which caches it may reuse (runner/process/promptcache.py)
     drafter: Any = None  # its n-gram drafter (runner/process/speculation.py), made on first use
     submitted_ns: int = field(default_factory=time.perf_counter_ns)  # for the queue wait
+    media: vision.Media | None = None  # its images (runner/process/vision.py)
 
 
 @dataclass
@@ -262,6 +263,7 @@ class Engine:
             raise LoadError("failed to create the llama.cpp context (out of memory?)")
         self.ctx = ctx
         self._apply_adapters(load.adapters)
+        self.vision = self._load_projector(load)
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.can_shift = bool(self.memory) and llama_cpp.llama_memory_can_shift(self.memory)
         # Copying one slot's cache into another (shared prompt prefixes) needs an attention
@@ -343,6 +345,22 @@ class Engine:
             llama_cpp.llama_model_free(self.model)
             raise LoadError("failed to apply the LoRA adapters")
 
+    def _load_projector(self, load: p.Load) -> vision.Vision | None:
+        """The vision projector (the model's PROJECTOR layer), on the runner's device."""
+        if not load.projector:
+            return None
+        gpu = self.device != "cpu"
+        if gpu:
+            vision.gpu_device(load.main_gpu)
+        try:
+            return vision.Vision(load.projector, self.model, gpu=gpu, n_threads=self.n_threads,
+                                 n_batch=self.n_batch,
+                                 n_embd=llama_cpp.llama_model_n_embd_inp(self.model))
+        except vision.ProjectorError as exc:
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
+            raise LoadError(str(exc)) from None
+
     # --- model facts --------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
@@ -380,6 +398,7 @@ class Engine:
         (runner/process/promptdisk.py). The settings are what a KV state depends on."""
         settings = {
             "model": Path(load.model_path).name, "adapters": [Path(a).name for a in load.adapters],
+            "projector": Path(load.projector).name,  # image positions' states depend on it
             "kv_cache_type": self.kv_cache_type, "flash_attention": load.flash_attention,
             "n_ctx": self.n_ctx, "parallel": self.parallel, "n_batch": self.n_batch,
             "n_ubatch": n_ubatch, "llama_cpp": llama_cpp.__version__, "swa_full": False,
@@ -443,32 +462,38 @@ class Engine:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def _render(self, messages: list[dict[str, Any]], request: p.Generate
-                ) -> tuple[list[int], tuple[str, ...]]:
+    def _render(self, messages: list[dict[str, Any]], request: p.Generate,
+                media: vision.Media | None = None) -> tuple[list[int], tuple[str, ...]]:
+        if media is not None:
+            messages = media.mark_messages(messages)
         rendered = render_messages(messages, chat_template=self.chat_template,
                                    family=self.architecture, bos_token=self.bos_text,
                                    eos_token=self.eos_text, tools=request.tools,
                                    variables=request.template_vars)
         # Only a chat that cannot shrink by whole messages may be cut from its ends.
         whole = all(m.get("role") == "system" for m in messages[:-1])
-        return self._tokens(rendered.text, request, may_cut=whole), rendered.stops
+        return self._tokens(rendered.text, request, may_cut=whole, media=media), rendered.stops
 
-    def _tokens(self, text: str, request: p.Generate, *, may_cut: bool = True) -> list[int]:
+    def _tokens(self, text: str, request: p.Generate, *, may_cut: bool = True,
+                media: vision.Media | None = None) -> list[int]:
         """The text's tokens; of a text far longer than the context that is cut anyway, only
         those the cut keeps, read off its two ends (runner/process/longtext.py)."""
+        if media is not None and media.any:
+            return media.tokenize(text, self.tokenize)
         if may_cut and request.truncate and not request.context and \
                 longtext.is_long(text, self.n_ctx):
             num_keep, keep_tail = self._cut(int(request.options.get("num_keep", 4)))
             return longtext.kept_tokens(self.tokenize, text, num_keep, keep_tail)
         return self.tokenize(text)
 
-    def prompt_tokens(self, request: p.Generate) -> tuple[list[int], tuple[str, ...]]:
+    def prompt_tokens(self, request: p.Generate, media: vision.Media | None = None
+                      ) -> tuple[list[int], tuple[str, ...]]:
         """Tokens for the request (fitted to the context), and its format's stop strings."""
         limit = self.n_ctx - 1
         stops: tuple[str, ...] = ()
         if request.messages is not None:
             messages = list(request.messages)
-            tokens, stops = self._render(messages, request)
+            tokens, stops = self._render(messages, request, media)
             # Like Ollama: drop the oldest non-system messages until the prompt fits; system
             # messages and the newest message always stay.
             while len(tokens) > limit and request.truncate:
@@ -476,9 +501,9 @@ class Engine:
                 if not droppable:
                     break
                 del messages[droppable[0]]
-                tokens, stops = self._render(messages, request)
+                tokens, stops = self._render(messages, request, media)
         else:
-            tokens = self._tokens(request.prompt or "", request)
+            tokens = self._tokens(request.prompt or "", request, media=media)
         if request.context:
             # /api/generate's deprecated `context` (without BOS, as Ollama sends it back): BOS,
             # the earlier tokens, then the new ones.
@@ -498,9 +523,11 @@ class Engine:
         return tokens, stops
 
     def _truncate(self, tokens: list[int], num_keep: int) -> list[int]:
-        """Keep the first num_keep tokens and the newest ones, leaving room to generate."""
+        """Keep the first num_keep tokens and the newest ones, leaving room to generate (an
+        image whole or not at all)."""
         num_keep, keep_tail = self._cut(num_keep)
-        return tokens[:num_keep] + tokens[-keep_tail:]
+        head = vision.whole_prefix(tokens, num_keep)
+        return tokens[:head] + tokens[vision.whole_suffix(tokens, len(tokens) - keep_tail):]
 
     def _cut(self, num_keep: int) -> tuple[int, int]:
         """How many tokens a cut prompt keeps from its start and from its end."""
@@ -520,9 +547,14 @@ class Engine:
         """The sequence for a request: rendered, tokenized and fitted to the context. It leaves
         the engine's state alone, so it may run on another thread while the loop decodes."""
         options = request.options
-        tokens, format_stops = self.prompt_tokens(request)
+        media = self._media(request)
+        tokens, format_stops = self.prompt_tokens(request, media)
         if not tokens:
             raise BadRequest("the prompt is empty after tokenization")
+        if media is not None:
+            media.check(self.n_ubatch)
+            assert self.vision is not None
+            self.vision.encode_ahead(media, tokens, vision.held(self, tokens))
         user_stops = options.get("stop") or []
         if isinstance(user_stops, str):
             user_stops = [user_stops]
@@ -540,6 +572,7 @@ class Engine:
             logprobs=min(request.logprobs, p.MAX_TOP_LOGPROBS) if request.logprobs >= 0 else -1,
             tenant=request.tenant, scope=self._scope(request, tokens),
             seeded=int(options.get("seed", -1)) >= 0 and float(options.get("temperature", 0.8)) > 0,
+            media=media,
         )
 
     def _scope(self, request: p.Generate, tokens: list[int]) -> Scope:
@@ -569,6 +602,17 @@ class Engine:
                 self._public_starts.clear()
             self._public_starts[memo_key] = public
         return Scope(request.cache_salt, common_prefix(public, tokens))
+
+    def _media(self, request: p.Generate) -> vision.Media | None:
+        """The request's images, None without any; Ollama's error for a model without a
+        projector. (Positions inside an image must stay together: no context shift.)"""
+        has = bool(request.images) or any(m.get("images") for m in request.messages or ())
+        if not has:
+            return None
+        if self.vision is None:
+            raise BadRequest(vision.NO_IMAGES)
+        request.shift = False
+        return vision.Media(self.vision, request.images)
 
     def cancel(self, request_id: int) -> bool:
         for seq in self.queue:
@@ -620,6 +664,7 @@ class Engine:
             self._copy_prefix(slot, seq)
             keep = min(reusable(slot.tokens, slot.scope, seq.prompt, seq.scope),
                        len(seq.prompt) - 1)
+            keep = vision.whole_prefix(seq.prompt, keep)  # an image is read whole
             while True:  # each pass only lowers `keep`: a seeded cut may need an older checkpoint
                 fitted = self._fit_window(slot, keep)
                 if seq.seeded:
@@ -650,7 +695,8 @@ class Engine:
             seq.started_ns = time.perf_counter_ns()
             if uses_penalties(seq.options):
                 last_n = int(seq.options.get("repeat_last_n", 64))
-                seq.sampler.accept_prompt(seq.prompt[-last_n if last_n > 0 else 0:])
+                seq.sampler.accept_prompt(
+                    vision.text_only(seq.prompt[-last_n if last_n > 0 else 0:]))
         self.queue.extendleft(reversed(deferred))
         return failed
 
@@ -850,6 +896,8 @@ class Engine:
         """Decode one batch for every active sequence; return the messages to send."""
         self._take_due_checkpoints()
         out = self._admit()
+        if self.vision is not None:  # a slot whose next piece is an image reads it whole
+            out.extend(self.vision.read_images(self))
         self._batch_starts = {}
         wants: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
         n = 0
@@ -887,6 +935,10 @@ class Engine:
                 break
             take = min(budget, seeded_chunk(seq.n_past, len(seq.pending))) if seq.seeded \
                 else budget
+            if seq.media is not None:  # text up to the next image (read by itself next step)
+                take = next((i for i, t in enumerate(seq.pending[:take]) if t < 0), take)
+                if take == 0:
+                    continue
             chunk, seq.pending = seq.pending[:take], seq.pending[take:]
             budget -= len(chunk)
             n = self._add(slot, chunk, not seq.pending, n)
@@ -1048,8 +1100,9 @@ class Engine:
             eval_count=len(seq.generated),
             eval_duration=max(now - seq.first_token_ns, 0),
             # Without BOS, as Ollama's; a request that sends it back gets BOS again first.
-            context=(seq.prompt[1:] if seq.prompt[:1] == [llama_cpp.llama_vocab_bos(self.vocab)]
-                     else seq.prompt) + seq.generated,
+            context=vision.text_only(
+                (seq.prompt[1:] if seq.prompt[:1] == [llama_cpp.llama_vocab_bos(self.vocab)]
+                 else seq.prompt) + seq.generated),
             cached_tokens=seq.cached,
             queue_duration=max(seq.started_ns - seq.submitted_ns, 0),
             stop=seq.text.stop if reason == "stop" else "",
@@ -1097,6 +1150,8 @@ class Engine:
             self._release(slot)
         if self._embedder is not None:
             self._embedder.close()
+        if self.vision is not None:
+            self.vision.close()
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)

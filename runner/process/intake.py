@@ -59,6 +59,10 @@ def text_size(message: Prepared) -> int:
             for item in message.messages or ():
                 content = item.get("content") if isinstance(item, dict) else None
                 size += len(content) if isinstance(content, str) else 0
+                if isinstance(item, dict) and item.get("images"):
+                    size += INLINE_CHARS + 1  # decoding and encoding images: on the thread
+            if message.images:
+                size += INLINE_CHARS + 1
             return size
         case p.Embed():
             return sum(len(text) for text in message.inputs)

@@ -14,6 +14,12 @@ fills only the rows it outputs, and pages never written take no RAM. So the CPU 
 (`host_total`) counts the compute buffer's activations of one micro-batch instead, the logits
 output buffer (slots x vocabulary), and the runner process itself: Python and its libraries, and
 llama.cpp's vocabulary tables (about 350 bytes per token: 88 MiB for Gemma 3's 262k tokens).
+
+A vision model's projector (its CLIP/mmproj GGUF, loaded by libmtmd on the runner's device) adds
+its weights and its own compute buffer: the encoder's worst graph, one image at the projector's
+image size, whose largest terms are the attention scores (heads x patches^2) and the feed-forward
+activations of every patch (`projector_shape`). Both sit on the main GPU with the model, or in
+RAM on the CPU.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class ModelShape:
     gated_ffn: bool = False  # a gate beside the up projection (SwiGLU, GeGLU): more activations
     n_swa: int = 0  # sliding window in tokens; 0 = none
     swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window
+    projector: int = 0  # a vision projector's weights (0: none)
+    projector_compute: int = 0  # its encoder's compute buffer
 
     @property
     def weights(self) -> int:
@@ -68,17 +76,18 @@ class Estimate:
     output: int = 0  # the logits output buffer (host memory)
     host_compute: int | None = None  # what RAM holds of the compute buffer on the CPU
     runtime: int = 0  # the runner process itself: Python, libraries, vocabulary tables
+    projector: int = 0  # a vision projector's weights plus its compute buffer (same device)
 
     @property
     def total(self) -> int:
         """llama.cpp's buffers as allocated: what the model takes on a GPU."""
-        return self.weights + self.kv + self.compute
+        return self.weights + self.kv + self.compute + self.projector
 
     @property
     def host_total(self) -> int:
         """What a runner computing on the CPU holds in RAM (its RSS)."""
         compute = self.compute if self.host_compute is None else self.host_compute
-        return self.weights + self.kv + compute + self.output + self.runtime
+        return self.weights + self.kv + compute + self.output + self.runtime + self.projector
 
 
 def tensor_bytes(type_name: str, shape: list[int]) -> int:
@@ -88,7 +97,25 @@ def tensor_bytes(type_name: str, shape: list[int]) -> int:
     return math.prod(shape) * size // block
 
 
-def shape_from_gguf(info: GGUFInfo) -> ModelShape:
+def projector_shape(info: GGUFInfo) -> tuple[int, int]:
+    """(weights, compute buffer) of a CLIP/mmproj GGUF, in bytes. The compute buffer is the
+    encoder's graph for one image of `clip.vision.image_size`: per patch the feed-forward and a
+    few embedding-wide activations, plus every head's patch x patch attention scores (llama.cpp
+    reserves it without flash attention), plus the projector's output."""
+    weights = sum(tensor_bytes(t["type"], t["shape"]) for t in info.tensors)
+    kv = info.kv
+    image = int(kv.get("clip.vision.image_size") or 0)
+    patch = int(kv.get("clip.vision.patch_size") or 0)
+    n_pos = (image // patch) ** 2 + 1 if image and patch else 0
+    n_embd = int(kv.get("clip.vision.embedding_length") or 0)
+    n_ff = int(kv.get("clip.vision.feed_forward_length") or 0)
+    n_head = int(kv.get("clip.vision.attention.head_count") or 0)
+    n_out = int(kv.get("clip.vision.projection_dim") or n_embd)
+    compute = 4 * n_pos * (n_ff + 6 * n_embd + 2 * n_out) + 4 * n_head * n_pos * n_pos
+    return weights, compute
+
+
+def shape_from_gguf(info: GGUFInfo, projector: GGUFInfo | None = None) -> ModelShape:
     n_layers = info.block_count or 1
     per_layer = [0] * n_layers
     other = 0
@@ -104,6 +131,7 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
     tokens = info.get("tokenizer.ggml.tokens")
     n_vocab = len(tokens) if isinstance(tokens, list) else int(info.get("vocab_size") or 32000)
     n_swa, swa_layers = _sliding_window(info, n_layers)
+    proj_weights, proj_compute = projector_shape(projector) if projector is not None else (0, 0)
     return ModelShape(
         n_layers=n_layers,
         layer_bytes=tuple(per_layer),
@@ -119,6 +147,8 @@ def shape_from_gguf(info: GGUFInfo) -> ModelShape:
         gated_ffn=any(".ffn_gate." in t["name"] for t in info.tensors),
         n_swa=n_swa,
         swa_layers=swa_layers,
+        projector=proj_weights,
+        projector_compute=proj_compute,
     )
 
 
@@ -215,4 +245,5 @@ def estimate(shape: ModelShape, *, num_ctx: int, parallel: int, kv_cache_type: s
         output=4 * parallel * shape.n_vocab,
         host_compute=min(activations, compute),
         runtime=RUNNER_BASE + VOCAB_BYTES * shape.n_vocab,
+        projector=shape.projector + shape.projector_compute,
     )

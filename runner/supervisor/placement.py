@@ -114,7 +114,8 @@ def place(estimate: Estimate, inventory: Inventory, *, num_gpu: int = -1,
     # 3. As many layers as fit (the last layers and the output head first, as llama.cpp
     #    offloads them), the rest on the CPU.
     room = [_usable(g, overhead) for g in ranked]
-    budget = sum(room) - estimate.compute
+    fixed = estimate.compute + estimate.projector  # held on the GPU whatever the layer split
+    budget = sum(room) - fixed
     limit = n_layers if num_gpu < 0 else min(num_gpu, n_layers)
     layers, used = 0, 0
     for layer_bytes in reversed(estimate.layer_bytes):
@@ -126,7 +127,7 @@ def place(estimate: Estimate, inventory: Inventory, *, num_gpu: int = -1,
         return cpu
     chosen = [g for g, r in zip(ranked, room, strict=True) if r > 0] or ranked[:1]
     shares = _split([_usable(g, overhead) for g in chosen], used)
-    gpu_bytes = used + estimate.compute
+    gpu_bytes = used + fixed
     vram = {g.index: math.ceil(gpu_bytes * s) for g, s in zip(chosen, shares, strict=True)}
     return Placement(tuple(g.index for g in chosen), layers, n_layers,
                      _split_vector(chosen, shares) if len(chosen) > 1 else None, vram,

@@ -372,7 +372,8 @@ class RunnerPool(Leasing[LoadedRunner]):
             raise CorralError(f"cannot read the GGUF metadata of {model.display()}")
         s = self.settings
         return plan_model(
-            shape_from_gguf(info), inventory, self._residents(), num_ctx=load.num_ctx,
+            shape_from_gguf(info, model.projector_gguf), inventory, self._residents(),
+            num_ctx=load.num_ctx,
             num_batch=load.num_batch, num_gpu=load.num_gpu,
             main_gpu=load.main_gpu if load.main_gpu >= 0 else None,
             requested_parallel=load.parallel, configured_parallel=s.num_parallel,

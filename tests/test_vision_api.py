@@ -1,0 +1,184 @@
+"""Images through every API of a live server, on the tiny vision model (tests/vision_model.py),
+whose answer is the colour of the image it is shown: the image really reaches the model.
+
+The model is created over HTTP (blobs uploaded, `files` naming the LM and the projector), once
+with the GGUF's Jinja template (the runner renders, images at llama.cpp's media marker) and once
+with a Go TEMPLATE (the gateway renders, images at Ollama's [img-N] tags)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from gateway import images
+from shared.config import Settings
+from shared.errors import BadRequest
+from tests import vision_model
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.e2e
+
+JINJA = "tiny-vision:latest"
+GOTMPL = "tiny-vision-go:latest"
+GO_TEMPLATE = ("{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}<|assistant|>")
+
+
+def png(colour: str) -> bytes:
+    return vision_model.png(vision_model.RGB[colour])
+
+
+def b64(colour: str) -> str:
+    return base64.b64encode(png(colour)).decode()
+
+
+def upload(server: LiveServer, path: Path) -> str:
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    resp = httpx.post(f"{server.url}/api/blobs/{digest}", content=data, timeout=60)
+    assert resp.status_code in (200, 201), resp.text
+    return digest
+
+
+@pytest.fixture(scope="module")
+def models(corral_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[LiveServer]:
+    lm, proj = vision_model.write_model(tmp_path_factory.mktemp("vision"))
+    files = {"tiny-vision.gguf": upload(corral_server, lm),
+             "mmproj.gguf": upload(corral_server, proj)}
+    for name, extra in ((JINJA, {}), (GOTMPL, {"template": GO_TEMPLATE})):
+        resp = httpx.post(f"{corral_server.url}/api/create", timeout=120,
+                          json={"model": name, "files": files, "stream": False, **extra})
+        assert resp.status_code == 200, resp.text
+    yield corral_server
+    for name in (JINJA, GOTMPL):
+        httpx.request("DELETE", f"{corral_server.url}/api/delete", json={"model": name})
+
+
+@pytest.fixture
+def client(models: LiveServer) -> ollama.Client:
+    return ollama.Client(host=models.url, timeout=120)
+
+
+@pytest.fixture
+def oai(models: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=models.url + "/v1", api_key="unused", timeout=120)
+
+
+OPTIONS = {"temperature": 0, "num_predict": 4}
+
+
+@pytest.mark.parametrize("model", [JINJA, GOTMPL])
+@pytest.mark.parametrize("colour", vision_model.COLOURS)
+def test_native_chat_streamed_and_not(client: ollama.Client, model: str, colour: str) -> None:
+    ask = [{"role": "user", "content": "what colour?", "images": [png(colour)]}]
+    whole = client.chat(model, messages=ask, options=OPTIONS)
+    assert whole.message.content == f" {colour}"
+    plain = client.chat(model, messages=[{"role": "user", "content": "what colour?"}],
+                        options=OPTIONS)
+    assert plain.message.content == " the" * 4  # no image: nothing to name
+    # 16 image positions (and the text libmtmd puts around an image: none for LLaVA's mlp).
+    assert whole.prompt_eval_count >= plain.prompt_eval_count + vision_model.N_IMAGE_TOKENS
+    parts = list(client.chat(model, messages=ask, options=OPTIONS, stream=True))
+    assert "".join(p.message.content for p in parts) == f" {colour}"
+    assert parts[-1].done and parts[-1].prompt_eval_count == whole.prompt_eval_count
+
+
+def test_history_images_are_read_again_and_cached(models: LiveServer) -> None:
+    turn1 = [{"role": "user", "content": "which colour is it?", "images": [b64("green")]}]
+    first = httpx.post(f"{models.url}/api/chat", timeout=120, json={
+        "model": JINJA, "messages": turn1, "stream": False, "options": OPTIONS}).json()
+    assert first["message"]["content"] == " green"
+    turn2 = [*turn1, first["message"], {"role": "user", "content": "and again?"}]
+    second = httpx.post(f"{models.url}/api/chat", timeout=120, json={
+        "model": JINJA, "messages": turn2, "stream": False, "options": OPTIONS}).json()
+    assert second["message"]["content"] == " green"  # the history's image, read again
+    assert second["prompt_eval_cached_count"] >= first["prompt_eval_count"] - 1
+    other = [{**turn1[0], "images": [b64("red")]}, first["message"],
+             {"role": "user", "content": "and again?"}]
+    third = httpx.post(f"{models.url}/api/chat", timeout=120, json={
+        "model": JINJA, "messages": other, "stream": False, "options": OPTIONS}).json()
+    assert third["message"]["content"] == " red"  # a different image is never the cached one
+    assert third["prompt_eval_cached_count"] < first["prompt_eval_count"] - 16
+
+
+@pytest.mark.parametrize("model", [JINJA, GOTMPL])
+def test_native_generate(client: ollama.Client, model: str) -> None:
+    reply = client.generate(model, "what colour?", images=[png("blue")], options=OPTIONS)
+    assert reply.response == " blue"
+    raw = client.generate(model, "<|user|>[img-1]what colour?\n<|assistant|>", raw=True,
+                          images=[png("red"), png("green")], options=OPTIONS)
+    assert raw.response == " green"
+    parts = list(client.generate(model, "what colour?", images=[png("red")], options=OPTIONS,
+                                 stream=True))
+    assert "".join(p.response for p in parts) == " red"
+
+
+@pytest.mark.parametrize("model", [JINJA, GOTMPL])
+def test_openai_chat_image_url(oai: openai.OpenAI, model: str) -> None:
+    content: Any = [{"type": "text", "text": "what colour?"},
+                    {"type": "image_url",
+                     "image_url": {"url": "data:image/png;base64," + b64("green")}}]
+    reply = oai.chat.completions.create(model=model, temperature=0, max_tokens=4,
+                                        messages=[{"role": "user", "content": content}])
+    assert reply.choices[0].message.content == " green"
+    plain = oai.chat.completions.create(model=model, temperature=0, max_tokens=4,
+                                        messages=[{"role": "user", "content": "what colour?"}])
+    assert reply.usage is not None and plain.usage is not None
+    assert reply.usage.prompt_tokens >= plain.usage.prompt_tokens + vision_model.N_IMAGE_TOKENS
+    stream = oai.chat.completions.create(model=model, temperature=0, max_tokens=4, stream=True,
+                                         messages=[{"role": "user", "content": content}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == " green"
+
+
+def test_errors(models: LiveServer, oai: openai.OpenAI) -> None:
+    url = models.url
+
+    def chat(model: str, images_: list[Any]) -> httpx.Response:
+        return httpx.post(f"{url}/api/chat", timeout=120, json={
+            "model": model, "stream": False,
+            "messages": [{"role": "user", "content": "hi", "images": images_}]})
+
+    # A text-only model: Ollama's words, 400.
+    resp = chat("gemma3:270m", [b64("red")])
+    assert resp.status_code == 400
+    assert resp.json() == {"error": "this model is missing data required for image input"}
+    resp = chat(JINJA, [b64("red"), "%%% not base64"])
+    assert resp.status_code == 400
+    assert resp.json()["error"] == ("invalid image input: messages[0].images[1] is not valid "
+                                    "base64")
+    resp = chat(JINJA, [b64("red"), base64.b64encode(b"GIF89a but not really").decode()])
+    assert resp.status_code == 400 and resp.json()["error"].startswith(
+        "image 2 could not be decoded")
+    resp = chat(JINJA, [b64("red")] * 17)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == ("too many images: 17 in one request, at most 16 "
+                                    "(CORRAL_MAX_IMAGES)")
+    resp = httpx.post(f"{url}/api/generate", timeout=120, json={
+        "model": JINJA, "prompt": "hi", "images": ["@@"], "stream": False})
+    assert resp.status_code == 400 and "images[0] is not valid base64" in resp.json()["error"]
+
+    for image_url, message in (
+            ("https://example.com/cat.png", images.URL_REFUSED),
+            ("data:text/plain;base64,aGk=", "invalid image input")):
+        with pytest.raises(openai.BadRequestError) as err:
+            oai.chat.completions.create(model=JINJA, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_url}}]}])
+        assert err.value.status_code == 400 and err.value.body["message"] == message
+
+
+def test_limits_are_settings() -> None:
+    settings = Settings.from_env({"CORRAL_MAX_IMAGES": "1", "CORRAL_MAX_IMAGE_BYTES": "100"})
+    assert (settings.max_images, settings.max_image_bytes) == (1, 100)
+    images.check_limits([{"images": [b"x" * 100]}], None, settings)
+    with pytest.raises(BadRequest, match=r"image 1 is too large: 101 bytes, at most 100"):
+        images.check_limits(None, [b"x" * 101], settings)
+    with pytest.raises(BadRequest, match="too many images: 2"):
+        images.check_limits([{"images": [b"a"]}], [b"b"], settings)
