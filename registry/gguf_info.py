@@ -193,9 +193,10 @@ def capabilities(info: GGUFInfo, template: str | None) -> list[str]:
     also consulted, since the runner may render with it.
     """
     caps = ["embedding" if info.has_pooling_type else "completion"]
-    # No "vision" or "audio" (Ollama's, for a vision or audio block): corral refuses images and
-    # audio on every API until it can serve them (issue #27), and a client that saw them
-    # advertised would offer uploads that all fail (see served()).
+    # No "vision" or "audio" for a vision or audio block in the model's own GGUF (Ollama's
+    # one-file models): corral reads images only through a projector layer (registry/store.py
+    # adds "vision" for one), and a client that saw them advertised would offer uploads that
+    # all fail (see served()).
     texts = [t for t in (template, info.chat_template) if t]
     if any(_TOOLS_RE.search(t) for t in texts):
         caps.append("tools")
@@ -206,7 +207,8 @@ def capabilities(info: GGUFInfo, template: str | None) -> list[str]:
     return caps
 
 
-# What corral can serve of Ollama's capabilities; others (vision, audio) are never advertised.
+# What corral can serve of Ollama's capabilities from a GGUF or a stored list; "vision" comes
+# from a projector layer only (registry/store.py), "audio" never.
 SERVED = ("completion", "embedding", "tools", "insert", "thinking")
 
 

@@ -180,12 +180,17 @@ class LocalModel:
         stored = self.config.get("capabilities")
         if isinstance(stored, list) and stored:
             # set explicitly at create time (`info` override)
-            return served([str(c) for c in stored])
-        info = self.gguf
-        if info is None:
-            return []
-        # A projector layer would make it "vision" in Ollama; not until images can be served.
-        return gguf_capabilities(info, self.template)
+            caps = served([str(c) for c in stored])
+        else:
+            info = self.gguf
+            if info is None:
+                return []
+            caps = gguf_capabilities(info, self.template)
+        # vision: exactly the models with a projector layer, whose images the runner reads with
+        # libmtmd (runner/process/vision.py); a one-file model's vision block is not readable.
+        if self.projector_paths and "vision" not in caps:
+            caps.append("vision")
+        return caps
 
     def display(self) -> str:
         return self.name.display()

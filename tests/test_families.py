@@ -192,7 +192,7 @@ def test_embedding_only_models_refuse_generate_and_chat(server: LiveServer,
 # --- vision is not advertised while images are refused -----------------------------------------
 
 
-def test_vision_is_not_advertised_while_images_are_refused(server: LiveServer,
+def test_vision_is_not_advertised_for_a_vision_block_without_a_projector(server: LiveServer,
                                                            ggufs: Path) -> None:
     family = dataclasses.replace(LLAMA, extra_kv={**LLAMA.extra_kv, "vision.block_count": 2})
     model = create(server, family, ggufs, name="tiny-llama3-vision")
