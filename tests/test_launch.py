@@ -85,6 +85,8 @@ def test_codex_config_uses_the_responses_wire_api() -> None:
     assert json.loads(overrides["model_providers.corral.base_url"]) == "http://10.0.0.5:8080/v1"
     assert json.loads(overrides["model_providers.corral.wire_api"]) == "responses"
     assert json.loads(overrides["model_providers.corral.env_key"]) == "CORRAL_API_KEY"
+    # Codex's built-in web_search tool would make every request a 400 (no server-run tools)
+    assert json.loads(overrides["web_search"]) == "disabled"
 
 
 def test_opencode_config_is_an_openai_compatible_provider() -> None:

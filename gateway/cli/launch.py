@@ -89,7 +89,9 @@ def plan(tool: str, model: str, base_url: str, key: str, args: list[str]) -> Lau
     if tool == "codex":
         provider = {"name": "corral", "base_url": base_url + "/v1", "wire_api": "responses",
                     "env_key": KEY_VAR}
+        # web_search off: it is a built-in (server-run) tool, which corral refuses with a 400.
         overrides = ['model_provider="corral"', f"model={json.dumps(model)}",
+                     'web_search="disabled"',
                      *(f"model_providers.corral.{k}={json.dumps(v)}" for k, v in provider.items())]
         return Launch({KEY_VAR: key},
                       ["codex", *(x for o in overrides for x in ("-c", o)), *args])
