@@ -76,6 +76,11 @@ def test_cors_allows_local_origins_only(corral_server: LiveServer) -> None:
 
 
 def test_truncate_false_rejects_long_prompt(corral_server: LiveServer) -> None:
+    # A runner already loaded with a larger context serves num_ctx 128 without a reload (and the
+    # prompt would fit it): unload first, so that this request loads the model at 128.
+    httpx.post(corral_server.url + "/api/generate", timeout=60,
+               json={"model": MODEL, "keep_alive": 0})
+    corral_server.wait_ps(MODEL, lambda entry: entry is None)
     reply = httpx.post(corral_server.url + "/api/generate", timeout=60, json={
         "model": MODEL, "prompt": "word " * 300, "raw": True, "truncate": False, "stream": False,
         "options": {"num_ctx": 128, "num_predict": 1}})

@@ -2,8 +2,9 @@
 Responses API. Skipped, with the reason, where Codex is not installed (`make test` installs it
 with npm where npm is there).
 
-Codex talks to a model provider with `wire_api = "responses"` at corral's /v1, set with `-c`
-overrides and a CODEX_HOME of its own. What it sends was recorded on the wire (codex-cli 0.171):
+Codex runs through `corral launch codex`: a model provider with `wire_api = "responses"` at
+corral's /v1 as `-c` overrides, and a CODEX_HOME of its own. What it sends was recorded on the
+wire (codex-cli 0.171):
 one streamed POST /v1/responses with `store: false`, `include: ["reasoning.encrypted_content"]`,
 `reasoning: {"summary": "auto"}`, `prompt_cache_key`, `client_metadata`, its instructions as
 `developer` message items (~17 KB), ~9 function tools, one `namespace` tool (multi_agent_v1) and a
@@ -23,13 +24,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import ollama
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import ROOT, LiveServer
 
 pytestmark = pytest.mark.e2e
 
@@ -54,16 +56,12 @@ Functions:
 """
 
 
-def codex_command(url: str, model: str, instructions: Path, prompt: str) -> list[str]:
-    """`codex exec` against corral at `url`: a Responses provider, no web_search (a built-in
-    tool), short instructions and fewer tools (the test's speed, not a need)."""
-    codex = shutil.which("codex")
-    assert codex is not None
-    provider = (f'{{name="corral", base_url="{url}/v1", wire_api="responses", '
-                f'env_key="CORRAL_CODEX_KEY"}}')
-    return [codex, "exec", "--skip-git-repo-check", "-m", model,
-            "-c", 'model_provider="corral"', "-c", f"model_providers.corral={provider}",
-            "-c", 'web_search="disabled"',
+def codex_command(model: str, instructions: Path, prompt: str) -> list[str]:
+    """`codex exec` through `corral launch codex` (a Responses provider at OLLAMA_HOST's /v1,
+    web_search off: a built-in tool), with short instructions and fewer tools (the test's
+    speed, not a need)."""
+    return [sys.executable, "-m", "gateway.cli", "launch", "codex", "--model", model, "--",
+            "exec", "--skip-git-repo-check",
             "-c", f'model_instructions_file="{instructions}"',
             "--disable", "multi_agent", "--disable", "goals", prompt]
 
@@ -95,10 +93,10 @@ def test_codex_exec_completes_a_task(corral_server: LiveServer, codex_model: str
     instructions = tmp_path / "instructions.md"
     instructions.write_text("You are a coding agent. Answer briefly.\n")
     since = corral_server.log.stat().st_size
-    env = {**os.environ, "CODEX_HOME": str(home), "CORRAL_CODEX_KEY": "unused",
-           "NO_COLOR": "1"}
-    done = subprocess.run(codex_command(corral_server.url, codex_model, instructions,
-                                        "Say hi."),
+    env = {**os.environ, "CODEX_HOME": str(home), "OLLAMA_HOST": corral_server.url,
+           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    env.pop("CORRAL_API_KEY", None)
+    done = subprocess.run(codex_command(codex_model, instructions, "Say hi."),
                           cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -159,8 +159,11 @@ def test_a_slot_copies_another_slots_image_instead_of_reading_it(
     monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", copy)
     system = ("system", "look closely at the picture and name its colour " * 2, [])
     encoded = engine.vision.encoded  # type: ignore[union-attr]
-    first = chat(system, ("user", "which colour?", [image("green")]))
-    second = chat(system, ("user", "which colour?", [image("green")]), ("assistant", " x", []),
+    # An image no earlier test sent (twice the size, the same colour once resized): the engine's
+    # embedding cache must not already hold it.
+    green = vision_model.png(vision_model.RGB["green"], size=vision_model.IMAGE_SIZE * 2)
+    first = chat(system, ("user", "which colour?", [green]))
+    second = chat(system, ("user", "which colour?", [green]), ("assistant", " x", []),
                   ("user", "sure?", []))
     results = run(engine, first, second)
     (text1, done1), (text2, done2) = results[first.id], results[second.id]

@@ -20,6 +20,7 @@ import zmq
 
 from runner.process import worker as real
 from runner.process.promptcache import Stats
+from runner.process.speculation import Speculation
 from shared import protocol as p
 
 WORDS = [" the", " river", " town", " grew", " along", " water", ",", " and", " a", " mill",
@@ -49,6 +50,7 @@ class StandinEngine:
         self.seqs: dict[int, _Seq] = {}
         self.queue: list[p.Generate] = []
         self.prompt_cache = self
+        self.speculation = Speculation(0)  # never guesses: counts stay 0
         self._next = 0.0
 
     def stats(self) -> Stats:
