@@ -73,7 +73,10 @@ def codex_model(corral_server: LiveServer) -> Iterator[str]:
                     "does it where npm is there)")
     client = ollama.Client(host=corral_server.url)
     client.create(MODEL, from_="gemma3:270m", template=TEMPLATE,
-                  parameters={"temperature": 0, "num_predict": 64, "stop": ["\n"]})
+                  parameters={"temperature": 0, "num_predict": 256,
+                              # ends its answer at its first line or sentence: a reply cut by
+                              # num_predict is "incomplete", which Codex treats as an error
+                              "stop": ["\n", ". ", "! ", "? "]})
     yield MODEL
     client.delete(MODEL)
 
