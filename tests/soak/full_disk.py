@@ -48,7 +48,8 @@ def run(scale: Scale, source: Path, folder: Path) -> Row:
                 if not errors or NO_SPACE not in errors[-1].lower():
                     problems.append(f"pull on a full disk ended {lines[-1:]}")
                 reply = upload_and_create(server, gguf, digest)
-                if reply.status_code < 400 or NO_SPACE not in reply.text.lower():
+                # Ollama-shaped 507 with a plain message (issue 24), not a 500 with errno text
+                if reply.status_code != 507 or "disk is full" not in reply.text.lower():
                     problems.append(f"create on a full disk: {reply.status_code} "
                                     f"{reply.text[:200]}")
                 report = verify(server.models)
