@@ -47,6 +47,24 @@ def from_url(url: Any, where: str) -> bytes:
     raise BadRequest("invalid image input")
 
 
+_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def from_anthropic_source(source: Any, where: str) -> bytes:
+    """An Anthropic image block's `source`: base64 data with its media type; a `url` source is
+    refused as an OpenAI http(s) URL is (no outbound fetches), a `file` source too (no Files API
+    here)."""
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "url":
+        raise BadRequest(URL_REFUSED)
+    if kind != "base64":
+        raise BadRequest(f"{where}.source.type: must be \"base64\" (got {kind!r}): images "
+                         "are sent as base64 data here")
+    if source.get("media_type") not in _MEDIA_TYPES:
+        raise BadRequest(f"{where}.source.media_type: must be one of {', '.join(_MEDIA_TYPES)}")
+    return decode_base64(source.get("data"), f"{where}.source.data")
+
+
 def check_messages(messages: list[dict[str, Any]]) -> None:
     """Each message's `images` decoded in place (to bytes)."""
     for i, message in enumerate(messages):

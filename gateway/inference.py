@@ -544,6 +544,13 @@ class Inference:
         if think is not None and tools is not None and tools.grammar:
             think = think.constrained()
         value = think.value if think else None
+        image_data: list[bytes] = []
+        if images.count(messages, None):
+            if not job.model.projector_paths:
+                raise BadRequest(images.NO_IMAGES)
+            images.check_limits(messages, None, self.settings)
+            # Each image read where its [img-N] tag is: the runner counts its positions there.
+            messages, image_data = images.tag_messages(messages)
         text = self.template_prompt(job.model, messages, tool_list, value)
         if text is None:
             info = job.model.gguf
@@ -552,7 +559,7 @@ class Inference:
                                    tools=tool_list, variables=jinja_variables(value) or None
                                    ).text
         async with self.lease(job) as entry:
-            return len(await entry.runner.tokenize(text))
+            return len(await entry.runner.tokenize(text, images=image_data or None))
 
     async def _fit(self, job: Job, messages: list[Message], tools: list[Tool] | None,
                    rendered: str, think: ThinkValue = None) -> str:

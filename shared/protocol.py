@@ -112,6 +112,8 @@ class Tokenize:
     id: int
     text: str
     add_special: bool = True
+    # Images the text names with [img-N] tags, each counted as the positions it takes.
+    images: list[bytes] | None = None
 
 
 @dataclass(slots=True)

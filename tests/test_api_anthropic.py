@@ -380,7 +380,11 @@ def test_models_list_in_anthropics_shape_when_asked(corral_server: LiveServer,
     ({"max_tokens": 4, "messages": HI, "temperature": 2}, "temperature"),
     ({"max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": "http://127.0.0.1/x.png"}}]}]},
-     "image input is not supported"),
+     "image URLs are not currently supported"),
+    ({"max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "iVBORw0KGgo="}}]}]},
+     "this model is missing data required for image input"),
     ({"max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "hologram"}]}]}, "unknown content block type"),
     ({"max_tokens": 4, "messages": HI, "tools": [{"type": "web_search_20250305",

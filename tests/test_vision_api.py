@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -136,6 +137,88 @@ def test_openai_chat_image_url(oai: openai.OpenAI, model: str) -> None:
     stream = oai.chat.completions.create(model=model, temperature=0, max_tokens=4, stream=True,
                                          messages=[{"role": "user", "content": content}])
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == " green"
+
+
+GREEDY = {"temperature": 0}
+
+
+def anthropic_image(colour: str) -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                        "data": b64(colour)}}
+
+
+@pytest.mark.parametrize("model", [JINJA, GOTMPL])
+def test_anthropic_messages_image_blocks(models: LiveServer, model: str) -> None:
+    client = anthropic.Anthropic(base_url=models.url, api_key="unused", timeout=120)
+    ask: Any = [{"role": "user", "content": [anthropic_image("blue"),
+                                             {"type": "text", "text": "what colour?"}]}]
+    reply = client.messages.create(model=model, max_tokens=4, extra_body=GREEDY, messages=ask)
+    assert [b.text for b in reply.content if b.type == "text"] == [" blue"]
+    plain = client.messages.create(model=model, max_tokens=4, extra_body=GREEDY, messages=[
+        {"role": "user", "content": "what colour?"}])
+    def prompt(usage: anthropic.types.Usage) -> int:  # read now plus read from the cache
+        return usage.input_tokens + (usage.cache_read_input_tokens or 0)
+
+    assert prompt(reply.usage) >= prompt(plain.usage) + vision_model.N_IMAGE_TOKENS
+    # count_tokens counts the image's positions as the reply's usage does.
+    counted = client.messages.count_tokens(model=model, messages=ask)
+    assert counted.input_tokens == prompt(reply.usage)
+    with client.messages.stream(model=model, max_tokens=4, extra_body=GREEDY,
+                                messages=ask) as stream:
+        assert "".join(stream.text_stream) == " blue"
+    # A tool result's image (an agent's screenshot) reaches the model too.
+    turn: Any = [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": [anthropic_image("red")]}]}]
+    shot = client.messages.create(model=model, max_tokens=4, extra_body=GREEDY, messages=turn)
+    assert [b.text for b in shot.content if b.type == "text"] == [" red"]
+
+
+@pytest.mark.parametrize("model", [JINJA, GOTMPL])
+def test_responses_input_image(oai: openai.OpenAI, model: str) -> None:
+    ask: Any = [{"role": "user", "content": [
+        {"type": "input_text", "text": "what colour?"},
+        {"type": "input_image", "image_url": "data:image/png;base64," + b64("green")}]}]
+    reply = oai.responses.create(model=model, input=ask, temperature=0, max_output_tokens=4)
+    assert reply.output_text == " green"
+    plain = oai.responses.create(model=model, input="what colour?", temperature=0,
+                                 max_output_tokens=4)
+    assert reply.usage is not None and plain.usage is not None
+    assert reply.usage.input_tokens >= plain.usage.input_tokens + vision_model.N_IMAGE_TOKENS
+    events = oai.responses.create(model=model, input=ask, temperature=0, max_output_tokens=4,
+                                  stream=True)
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == \
+        " green"
+    # The stored conversation keeps the image: the next turn reads it again.
+    after = oai.responses.create(model=model, input="and now?", temperature=0,
+                                 max_output_tokens=4, previous_response_id=reply.id)
+    assert after.output_text == " green"
+    assert after.usage is not None  # the first turn, its image included, came from the cache
+    assert after.usage.input_tokens_details.cached_tokens >= reply.usage.input_tokens - 1
+
+
+def test_image_errors_on_the_agent_apis(models: LiveServer) -> None:
+    url = models.url
+    resp = httpx.post(f"{url}/v1/messages", timeout=120, json={
+        "model": JINJA, "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/tiff",
+                                         "data": b64("red")}}]}]})
+    assert resp.status_code == 400
+    assert "media_type: must be one of image/jpeg" in resp.json()["error"]["message"]
+    resp = httpx.post(f"{url}/v1/messages", timeout=120, json={
+        "model": JINJA, "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(b"not a png").decode()}}]}]})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"].startswith("image 1 could not be decoded")
+    resp = httpx.post(f"{url}/v1/responses", timeout=120, json={
+        "model": JINJA, "input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": "data:image/png;base64,@@"}]}]})
+    assert resp.status_code == 400
+    assert "input[0].content[0].image_url is not valid base64" in resp.json()["error"]["message"]
 
 
 def test_errors(models: LiveServer, oai: openai.OpenAI) -> None:

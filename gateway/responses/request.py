@@ -14,6 +14,7 @@ import binascii
 import json
 from typing import Any
 
+from gateway import images
 from gateway.inference import Message
 from gateway.tools import Tool
 from shared.errors import BadRequest
@@ -147,7 +148,9 @@ def text_format(raw: Any) -> str | dict[str, Any] | None:
 # --- input items ---------------------------------------------------------------------------------
 
 
-def _part_text(part: Any, where: str) -> str:
+def _part_text(part: Any, where: str, pictures: list[str] | None = None) -> str:
+    """A content part's text; an input_image part's image goes to `pictures` (as base64: the
+    conversation is stored as JSON for previous_response_id) where the content may have one."""
     if isinstance(part, str):
         return part
     kind = part.get("type") if isinstance(part, dict) else None
@@ -159,22 +162,32 @@ def _part_text(part: Any, where: str) -> str:
     if kind == "refusal":
         refusal = part.get("refusal")
         return refusal if isinstance(refusal, str) else ""
-    if kind == "input_image":
-        raise BadRequest(f"{where}: image input is not supported yet: this server has no vision "
-                         "models")
+    if kind == "input_image" and pictures is not None:
+        if part.get("image_url") is None and part.get("file_id") is not None:
+            raise BadRequest(f"{where}.file_id: files are not supported here: send the image "
+                             "as a base64 data URL in image_url")
+        data = images.from_url(part.get("image_url"), f"{where}.image_url")
+        pictures.append(base64.b64encode(data).decode())
+        return ""
     if kind in ("input_file", "input_audio"):
         raise BadRequest(f"{where}: {kind} is not supported")
     raise BadRequest(f"{where}: unknown content part type {json.dumps(kind)[:64]}")
 
 
-def _content(raw: Any, where: str) -> str:
+def _content(raw: Any, where: str, pictures: list[str] | None = None) -> str:
     if raw is None:
         return ""
     if isinstance(raw, str):
         return raw
     if isinstance(raw, list):
-        return "".join(_part_text(part, f"{where}[{i}]") for i, part in enumerate(raw))
+        return "".join(_part_text(part, f"{where}[{i}]", pictures) for i, part in enumerate(raw))
     raise BadRequest(f"{where} must be a string or an array of content parts")
+
+
+def _with_images(message: Message, pictures: list[str]) -> Message:
+    if pictures:  # read before the text, as Ollama's layer puts a message's images
+        message["images"] = pictures
+    return message
 
 
 def _reasoning_text(item: dict[str, Any]) -> str:
@@ -233,13 +246,16 @@ def input_messages(raw: Any, history: list[Message]) -> list[Message]:
             if role not in ROLES:
                 raise BadRequest(f"{where}.role must be one of user, assistant, system, "
                                  f"developer (got {json.dumps(role)[:64]})")
-            content = _content(item.get("content"), f"{where}.content")
+            pictures: list[str] = []
+            content = _content(item.get("content"), f"{where}.content", pictures)
             if role == "assistant":  # a function call after it joins this message
-                messages.append({"role": "assistant", "content": content})
+                messages.append(_with_images({"role": "assistant", "content": content},
+                                             pictures))
                 if thinking:
                     messages[-1]["thinking"], thinking = thinking, ""
             else:
-                messages.append({"role": ROLES[role], "content": content})
+                messages.append(_with_images({"role": ROLES[role], "content": content},
+                                             pictures))
         elif kind == "function_call":
             name, call_id = item.get("name"), item.get("call_id")
             if not isinstance(name, str) or not name:
@@ -265,9 +281,11 @@ def input_messages(raw: Any, history: list[Message]) -> list[Message]:
             if not isinstance(call_id, str) or call_id not in names:
                 raise BadRequest(f"No tool call found for function call output with call_id "
                                  f"{json.dumps(call_id)[:80]}.")
-            output = _content(item.get("output"), f"{where}.output")
-            messages.append({"role": "tool", "content": output, "tool_call_id": call_id,
-                             "tool_name": names[call_id]})
+            shown: list[str] = []
+            output = _content(item.get("output"), f"{where}.output", shown)
+            messages.append(_with_images({"role": "tool", "content": output,
+                                          "tool_call_id": call_id,
+                                          "tool_name": names[call_id]}, shown))
         elif kind == "reasoning":
             thinking = _reasoning_text(item)
         else:

@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import images
 from gateway.http import field as typed_field
 from gateway.inference import Message, check_messages
 from gateway.tools import Tool
 from shared.errors import BadRequest
 
-# What an image block is answered with until corral serves a vision model.
-NO_VISION = "image input is not supported yet: this server has no vision models"
 _EFFORTS = ("low", "medium", "high", "max")
 
 
@@ -183,8 +182,9 @@ def _tool_choice(raw: Any, tools: list[Tool]) -> tuple[str | None, bool]:
 # --- messages ------------------------------------------------------------------------------------
 
 
-def _text(raw: Any, where: str) -> str:
-    """A `system` or tool_result content: a string or text blocks (joined by newlines)."""
+def _text(raw: Any, where: str, pictures: list[bytes] | None = None) -> str:
+    """A `system` or tool_result content: a string or text blocks (joined by newlines). Image
+    blocks go to `pictures` where the content may have them (a tool result's screenshot)."""
     if isinstance(raw, str):
         return raw
     if not isinstance(raw, list):
@@ -192,8 +192,9 @@ def _text(raw: Any, where: str) -> str:
     parts = []
     for i, block in enumerate(raw):
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "image":
-            raise BadRequest(NO_VISION)
+        if kind == "image" and pictures is not None:
+            pictures.append(images.from_anthropic_source(block.get("source"), f"{where}.{i}"))
+            continue
         if kind != "text" or not isinstance(block.get("text"), str):
             raise BadRequest(f"{where}.{i}: must be a text block")
         parts.append(block["text"])
@@ -221,12 +222,13 @@ def _messages(system: Any, raw: Any) -> list[Message]:
 
 def _message(role: str, content: Any, where: str, names: dict[str, str]) -> list[Message]:
     """One Anthropic message as native ones: tool results first (each its own `tool` message),
-    then the message's text, thinking and tool calls."""
+    then the message's text, images, thinking and tool calls."""
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
         raise BadRequest(f"{where}.content: must be a string or an array of content blocks")
     texts: list[str] = []
+    pictures: list[bytes] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
     results: list[Message] = []
@@ -237,9 +239,10 @@ def _message(role: str, content: Any, where: str, names: dict[str, str]) -> list
             if not isinstance(block.get("text"), str):
                 raise BadRequest(f"{at}.text: Field required")
             texts.append(block["text"])
-        elif kind in ("image", "document"):
-            raise BadRequest(NO_VISION if kind == "image"
-                             else "document input is not supported: send the text")
+        elif kind == "image":
+            pictures.append(images.from_anthropic_source(block.get("source"), at))
+        elif kind == "document":
+            raise BadRequest("document input is not supported: send the text")
         elif kind == "thinking":
             if isinstance(block.get("thinking"), str):
                 thinking.append(block["thinking"])
@@ -258,16 +261,22 @@ def _message(role: str, content: Any, where: str, names: dict[str, str]) -> list
             call_id = block.get("tool_use_id")
             if not isinstance(call_id, str):
                 raise BadRequest(f"{at}.tool_use_id: Field required")
-            text = _text(block.get("content", ""), f"{at}.content")
+            shown: list[bytes] = []
+            text = _text(block.get("content", ""), f"{at}.content", shown)
             if typed_field(block, "is_error", bool, False):
                 text = "Error: " + text  # the model sees that its call failed
-            results.append({"role": "tool", "content": text, "tool_call_id": call_id,
-                            "tool_name": names.get(call_id, "")})
+            result: Message = {"role": "tool", "content": text, "tool_call_id": call_id,
+                               "tool_name": names.get(call_id, "")}
+            if shown:
+                result["images"] = shown
+            results.append(result)
         else:
             raise BadRequest(f"{at}.type: unknown content block type {kind!r}")
     out = list(results)
-    if texts or thinking or calls or not results:
+    if texts or pictures or thinking or calls or not results:
         item: Message = {"role": role, "content": "\n".join(texts)}
+        if pictures:  # read before the text, as Ollama's layer puts a message's images
+            item["images"] = pictures
         if thinking:
             item["thinking"] = "\n".join(thinking)
         if calls:

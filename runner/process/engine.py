@@ -441,6 +441,15 @@ class Engine:
         # and this runs while the decode loop waits for the GIL (runner/process/intake.py).
         return np.frombuffer(buf, dtype=np.int32, count=n).tolist()
 
+    def tokenize_request(self, request: p.Tokenize) -> list[int]:
+        """A Tokenize request's tokens; its images (named by [img-N] tags) count as the
+        positions each takes, as a Generate with them would read them."""
+        if not request.images:
+            return self.tokenize(request.text, add_special=request.add_special)
+        if self.vision is None:
+            raise BadRequest(vision.NO_IMAGES)
+        return vision.Media(self.vision, request.images).tokenize(request.text, self.tokenize)
+
     def piece(self, token: int) -> bytes:
         """A token's bytes, looked up in C once per token id and then cached. A special token
         is its text (`<|im_start|>`, `[TOOL_CALLS]`), as Ollama decodes it: stop strings name

@@ -67,7 +67,7 @@ def text_size(message: Prepared) -> int:
         case p.Embed():
             return sum(len(text) for text in message.inputs)
         case p.Tokenize():
-            return len(message.text)
+            return len(message.text) + (INLINE_CHARS + 1 if message.images else 0)
     return 0
 
 
@@ -172,7 +172,7 @@ class Intake:
                 case p.Generate():
                     result: Any = engine.prepare(message)
                 case p.Tokenize():
-                    result = engine.tokenize(message.text, add_special=message.add_special)
+                    result = engine.tokenize_request(message)
                 case p.Embed():
                     result = self._embed(message)
                 case _:  # pragma: no cover - submit takes only these

@@ -235,9 +235,12 @@ class RunnerConnection:
         assert isinstance(reply, p.Embeddings)
         return reply
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    async def tokenize(self, text: str, *, add_special: bool = True,
+                       images: list[bytes] | None = None) -> list[int]:
+        """The text's tokens; with `images`, each [img-N] tag counts as that image's positions
+        (placeholder ids, not tokens of the vocabulary)."""
         rid, queue = self._open()
-        reply = await self._call(p.Tokenize(rid, text, add_special), queue, rid)
+        reply = await self._call(p.Tokenize(rid, text, add_special, images), queue, rid)
         assert isinstance(reply, p.Tokens)
         return reply.tokens
 
