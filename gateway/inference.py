@@ -464,7 +464,8 @@ class Inference:
                                             as_written=as_written)
             if rendered is not None:  # the stop strings come from the model's params
                 if truncate:
-                    rendered = await self._fit(job, tagged, tool_list, rendered, value)
+                    rendered = await self._fit(job, tagged, tool_list, rendered, value,
+                                               image_data)
                 prompt, messages = rendered, None
                 shared = shared_start(job.model.template or "", job.model.system) if salt else ""
             else:  # the runner renders the messages, images and all
@@ -562,18 +563,20 @@ class Inference:
             return len(await entry.runner.tokenize(text, images=image_data or None))
 
     async def _fit(self, job: Job, messages: list[Message], tools: list[Tool] | None,
-                   rendered: str, think: ThinkValue = None) -> str:
+                   rendered: str, think: ThinkValue = None,
+                   image_data: list[bytes] | None = None) -> str:
         """A chat rendered by the gateway's Go template, cut to the context as Ollama cuts it:
         the oldest messages go first, system messages and the newest message stay. (The runner
-        does this itself for chats it renders.)"""
-        if len(rendered.encode()) + 1 < job.load.num_ctx:
+        does this itself for chats it renders.) An image counts as the positions it takes (its
+        [img-N] tag goes with its message: kept whole or dropped whole)."""
+        if not image_data and len(rendered.encode()) + 1 < job.load.num_ctx:
             return rendered  # a token is at least a byte (plus BOS): it fits, no need to count
         if all(m.get("role") == "system" for m in messages[:-1]):
             return rendered  # nothing to drop (one prompt): the runner keeps its start and end
         async with self.lease(job) as entry:
             limit = entry.ready.n_ctx - 1
             kept = list(messages)
-            while len(await entry.runner.tokenize(rendered)) > limit:
+            while len(await entry.runner.tokenize(rendered, images=image_data or None)) > limit:
                 droppable = [i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"]
                 if not droppable:
                     break  # still too long: the runner keeps its start and end

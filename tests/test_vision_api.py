@@ -265,3 +265,32 @@ def test_limits_are_settings() -> None:
         images.check_limits(None, [b"x" * 101], settings)
     with pytest.raises(BadRequest, match="too many images: 2"):
         images.check_limits([{"images": [b"a"]}], [b"b"], settings)
+
+
+def test_a_cut_history_counts_images_as_their_positions(models: LiveServer) -> None:
+    """The gateway's cut (Go template) counts an image as its 16 positions, not its tag's
+    text: a chat whose text fits num_ctx but whose images do not loses its oldest message,
+    images and all, exactly as if the client had not sent it."""
+    chat = [{"role": "user", "content": "a", "images": [b64("red")] * 14},
+            {"role": "assistant", "content": " red"},
+            {"role": "user", "content": "b", "images": [b64("blue")]}]
+
+    def ask(messages: list[dict[str, Any]], num_ctx: int) -> dict[str, Any]:
+        resp = httpx.post(f"{models.url}/api/chat", timeout=120, json={
+            "model": GOTMPL, "messages": messages, "stream": False,
+            "options": {**OPTIONS, "num_ctx": num_ctx}})
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    num_ctx = 256  # a multiple of 256 cells per slot: llama.cpp grants it as asked
+    assert ask(chat, 1024)["prompt_eval_count"] > num_ctx
+    tags = "".join(f"[img-{i}]" for i in range(15))
+    rendered = tags + "".join(f"<|{m['role']}|>{m['content']}\n" for m in chat) + "<|assistant|>"
+    assert len(rendered.encode()) + 1 < num_ctx  # by its bytes the chat would fit
+    # Unloaded first: a runner with a larger context serves a smaller num_ctx as it is.
+    httpx.post(f"{models.url}/api/generate", json={"model": GOTMPL, "keep_alive": 0},
+               timeout=60).raise_for_status()
+    cut = ask(chat, num_ctx)
+    expected = ask(chat[1:], num_ctx)
+    assert cut["message"]["content"] == expected["message"]["content"] == " blue"
+    assert cut["prompt_eval_count"] == expected["prompt_eval_count"]
