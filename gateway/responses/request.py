@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from gateway import images
+from gateway.formats import openai_format
 from gateway.inference import Message
 from gateway.tools import Tool
 from shared.errors import BadRequest
@@ -129,20 +130,7 @@ def text_format(raw: Any) -> str | dict[str, Any] | None:
         return None
     if not isinstance(raw, dict):
         raise BadRequest("text must be an object")
-    spec = raw.get("format")
-    if spec is None:
-        return None
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return "json"
-    if kind == "json_schema":
-        schema = spec.get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequest("text.format.schema must be a JSON schema object")
-        return schema
-    raise BadRequest("text.format.type must be text, json_object or json_schema")
+    return openai_format(raw.get("format"), "text.format", nested=False)
 
 
 # --- input items ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import images
+from gateway.formats import openai_format
 from gateway.http import Stream, dumps, field, json_response, read_json, unless_disconnected
 from gateway.inference import (
     Event,
@@ -107,24 +108,6 @@ def _options(data: dict[str, Any]) -> dict[str, Any]:
 # OpenAI fields that share a name with an Ollama option but are read by `_options` itself.
 _OPENAI_NAMED = frozenset({"temperature", "top_p", "seed", "frequency_penalty",
                            "presence_penalty", "stop"})
-
-
-def _response_format(data: dict[str, Any]) -> str | dict[str, Any] | None:
-    """OpenAI's response_format as Ollama's format: "json" or the JSON schema."""
-    spec = data.get("response_format")
-    if spec is None:
-        return None
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return "json"
-    if kind == "json_schema":
-        schema = (spec.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequest("response_format.json_schema.schema must be an object")
-        return schema
-    raise BadRequest("response_format.type must be text, json_object or json_schema")
 
 
 def _choices(data: dict[str, Any]) -> int:
@@ -414,7 +397,7 @@ async def chat_completions(request: Request) -> Response:
     think = inference.think_use(model, _think(data), name)
     inference.check_completion(model, name, "chat")
     logprobs = _chat_logprobs(data)
-    format_ = _response_format(data)
+    format_ = openai_format(data.get("response_format"), "response_format", nested=True)
     jobs = _jobs(inference, model, data, _choices(data))
     generations = await unless_disconnected(request, _start_all([
         inference.generate(job, messages=messages, format_=format_, tools=tool_use,
