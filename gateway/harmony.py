@@ -11,7 +11,7 @@ out as it arrives; a call when its message ends. A call whose arguments do not p
 names no offered tool, goes out as content.
 
 Used for models whose template speaks harmony (`<|start|>`, `<|end|>` and `<|channel|>` in it,
-Ollama's heuristic) or whose PARSER is `harmony`.
+Ollama's heuristic) or whose PARSER is `harmony` (or RENDERER, with no PARSER).
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel
 _RECIPIENT = re.compile(r"to=(?:functions\.)?([^\s<]+)")
 
 
-def speaks_harmony(template: str | None, parser: str | None) -> bool:
-    if parser == "harmony":
+def speaks_harmony(template: str | None, parser: str | None,
+                   renderer: str | None = None) -> bool:
+    """Ollama's test (a harmony template, or PARSER harmony); and a prompt written by the
+    `harmony` renderer gets a reply in harmony, whatever the template."""
+    if parser == "harmony" or (renderer == "harmony" and not parser):
         return True
     return bool(template) and all(tag in template for tag in (START, END, CHANNEL))
 

@@ -39,7 +39,7 @@ from gateway.thinking import (
 )
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from gateway.xmlcalls import XmlCallParser
-from registry import gotemplate
+from registry import gotemplate, renderers
 from registry.store import LocalModel, Store
 from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
@@ -389,7 +389,11 @@ class Inference:
         render with the GGUF's chat template / family format (no template layer, or Ollama's
         `{{ .Prompt }}` placeholder unless `as_written`: /api/generate renders any TEMPLATE as
         Ollama does). Templates are checked when a model is created; one that still fails here
-        (a model from elsewhere) falls back to the runner's rendering."""
+        (a model from elsewhere) falls back to the runner's rendering. A model's RENDERER
+        (Ollama's built-in renderers, registry/renderers/) takes the template's place."""
+        renderer = renderers.renderer_of(model.config)
+        if renderer is not None:
+            return renderer(messages, tools, think)
         text = model.template
         if gotemplate.is_passthrough(text) and not (as_written and text and text.strip()):
             return None
@@ -488,7 +492,8 @@ class Inference:
                              shared_prefix=shared, images=image_data or None)
         parser: CallParser | XmlCallParser | HarmonyCalls | None = \
             tools.parser() if tools else None
-        if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser")):
+        if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser"),
+                                            job.model.config.get("renderer")):
             # gpt-oss: thinking, content and calls come on harmony's channels
             harmony = HarmonyParser(tool_list)
             thinker, parser = harmony, HarmonyCalls(harmony)
