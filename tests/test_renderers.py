@@ -396,3 +396,165 @@ def test_capabilities_of_renderers_and_parsers() -> None:
     assert capabilities({"renderer": "harmony"}) == ["tools", "thinking"]
     assert capabilities({"renderer": "qwen3-coder", "parser": "qwen3-coder"}) == ["tools"]
     assert capabilities({"renderer": "unknown-one"}) == []
+
+
+# --- through a live server: tiny models that name a RENDERER ------------------------------------
+
+# (imported here: the live part's own helpers)
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+from tests.conftest import LiveServer, start_server  # noqa: E402
+from tests.families import create, upload  # noqa: E402
+from tests.tinymodels import GPT_OSS, QWEN3_FAMILY, Family, _vocab, piece_text, write_gguf  # noqa: E402
+
+OPTS = {"temperature": 0, "num_predict": 16}
+ANSWER = ["<|channel|>", "analysis<|message|>", "Paris is in France.", "<|end|>",
+          "<|start|>assistant<|channel|>final<|message|>", "It is sunny."]
+XML_CALL = ["Checking.", "<tool_call>", "\n<function=get_weather>\n<parameter=city>\nParis\n"
+            "</parameter>\n</function>\n", "</tool_call>"]
+
+
+def token_ids(family: Family, text: str, script: list[str]) -> list[int]:
+    """`text` in the tiny model's vocabulary: special tokens whole, every other byte its own
+    token (the tiny BPE vocabularies merge nothing a prompt holds)."""
+    index = {piece: i for i, piece in enumerate(_vocab(family, script)[0])}
+    specials = sorted((t for t, _ in family.specials), key=len, reverse=True)
+    ids: list[int] = []
+    at = 0
+    while at < len(text):
+        special = next((s for s in specials if text.startswith(s, at)), None)
+        if special is not None:
+            ids.append(index[special])
+            at += len(special)
+        else:
+            ids.extend(index[piece_text(family, chr(b))] for b in text[at].encode())
+            at += 1
+    return ids
+
+
+def prompt_of(done: dict[str, Any]) -> list[int]:
+    return done["context"][:len(done["context"]) - done["eval_count"]]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    models = tmp_path_factory.mktemp("renderer-models")
+    log = tmp_path_factory.mktemp("renderer-logs") / "serve.log"
+    server = start_server(models, log, OLLAMA_KEEP_ALIVE="5m")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("renderer-ggufs")
+
+
+def post(server: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=120)
+
+
+@pytest.mark.e2e
+def test_create_refuses_unknown_names_and_show_lists_them(live: LiveServer,
+                                                          ggufs: Path) -> None:
+    path = write_gguf(GPT_OSS, ggufs / "names.gguf")
+    files = {path.name: upload(live, path)}
+    for extra, error in (({"renderer": "nope"}, 'unknown renderer "nope"'),
+                         ({"parser": "qwen9"}, 'unknown parser "qwen9"')):
+        resp = post(live, "/api/create", {"model": "bad", "files": files, "stream": False,
+                                          **extra})
+        assert resp.status_code == 400 and resp.json()["error"].startswith(error), resp.text
+    digest = files[path.name]
+    resp = post(live, "/api/create", {"model": "bad", "stream": False,
+                                      "modelfile": f"FROM @{digest}\nRENDERER nope\n"})
+    assert resp.status_code == 400 and 'unknown renderer "nope"' in resp.json()["error"]
+    assert post(live, "/api/show", {"model": "bad"}).status_code == 404  # nothing was made
+
+    resp = post(live, "/api/create", {"model": "named", "stream": False, "modelfile":
+                                      f"FROM @{digest}\nRENDERER qwen3-coder\nPARSER qwen3-coder\n"})
+    assert resp.status_code == 200, resp.text
+    shown = post(live, "/api/show", {"model": "named"}).json()
+    assert (shown["renderer"], shown["parser"]) == ("qwen3-coder", "qwen3-coder")
+    assert "RENDERER qwen3-coder\nPARSER qwen3-coder\n" in shown["modelfile"]
+    assert "tools" in shown["capabilities"] and "thinking" not in shown["capabilities"]
+    # a model made FROM it keeps them, as in Ollama
+    assert post(live, "/api/create", {"model": "child", "from": "named",
+                                      "stream": False}).status_code == 200
+    child = post(live, "/api/show", {"model": "child"}).json()
+    assert (child["renderer"], child["parser"]) == ("qwen3-coder", "qwen3-coder")
+
+
+@pytest.mark.e2e
+def test_harmony_renderer_writes_the_prompt_and_its_reply_is_read(live: LiveServer,
+                                                                 ggufs: Path) -> None:
+    model = create(live, GPT_OSS, ggufs, name="tiny-gpt-oss-renderer", template="",
+                   renderer="harmony", script=ANSWER)
+    shown = post(live, "/api/show", {"model": model}).json()
+    assert shown["renderer"] == "harmony" and "parser" not in shown
+    assert {"completion", "tools", "thinking"} <= set(shown["capabilities"])
+
+    def expected(messages: list[dict[str, Any]], tools: Any, think: Any) -> list[int]:
+        return token_ids(GPT_OSS, harmony.render(messages, tools, think), ANSWER)
+
+    hello = [{"role": "user", "content": "Hello"}]
+    done = post(live, "/api/generate", {"model": model, "prompt": "Hello", "think": "low",
+                                        "stream": False, "options": OPTS}).json()
+    assert prompt_of(done) == expected(hello, None, "low")
+    assert (done["thinking"], done["response"]) == ("Paris is in France.", "It is sunny.")
+
+    # chat: tools and a history with thinking, calls and results, think true (medium)
+    reply = post(live, "/api/chat", {"model": model, "messages": HISTORY, "tools": [WEATHER],
+                                     "stream": False, "options": OPTS}).json()
+    assert reply["prompt_eval_count"] == len(expected(HISTORY, [WEATHER], True))
+    assert reply["message"]["thinking"] == "Paris is in France."
+    assert reply["message"]["content"] == "It is sunny."
+    # think false: no Reasoning line (gpt-oss thinks anyway: Ollama neither refuses it nor
+    # hides the thinking)
+    off = post(live, "/api/chat", {"model": model, "messages": hello, "think": False,
+                                   "stream": False, "options": OPTS}).json()
+    assert off["prompt_eval_count"] == len(expected(hello, None, False))
+    assert off["message"]["content"] == "It is sunny."
+
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
+    for effort, think in (("high", "high"), ("low", "low"), ("none", False)):
+        completion = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hello"}], temperature=0,
+            max_tokens=16, reasoning_effort=effort)  # type: ignore[arg-type]
+        assert completion.usage is not None
+        assert completion.usage.prompt_tokens == len(expected(hello, None, think)), effort
+        assert completion.choices[0].message.content == "It is sunny."
+    response = client.responses.create(model=model, input="Hello", temperature=0,
+                                       max_output_tokens=16, reasoning={"effort": "high"})
+    assert response.usage is not None
+    assert response.usage.input_tokens == len(expected(hello, None, "high"))
+    assert response.output_text == "It is sunny."
+
+
+@pytest.mark.e2e
+def test_qwen3_coder_renderer_writes_the_prompt_and_its_calls_are_read(live: LiveServer,
+                                                                      ggufs: Path) -> None:
+    model = create(live, QWEN3_FAMILY, ggufs, name="tiny-qwen3-coder-renderer", template="",
+                   renderer="qwen3-coder", script=XML_CALL)
+    tool = _fn("get_weather", "The weather in a city", {"city": {"type": "string"}},
+               ["city"])
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Paris?"}]
+    body = {"model": model, "messages": messages, "tools": [tool], "options": OPTS}
+    reply = post(live, "/api/chat", {**body, "stream": False}).json()
+    text = render("qwen3-coder", messages, [tool], None)
+    assert reply["prompt_eval_count"] == len(token_ids(QWEN3_FAMILY, text, XML_CALL))
+    message = reply["message"]
+    assert message["content"] == "Checking."
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]] \
+        == [("get_weather", {"city": "Paris"})]
+    with httpx.stream("POST", live.url + "/api/chat", json=body, timeout=120) as resp:
+        lines = [json.loads(line) for line in resp.iter_lines() if line]
+    calls = [c for x in lines for c in x["message"].get("tool_calls", [])]
+    assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}]
