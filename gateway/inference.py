@@ -398,6 +398,8 @@ class Inference:
         if gotemplate.is_passthrough(text) and not (as_written and text and text.strip()):
             return None
         assert text is not None
+        if think == "max" and speaks_harmony(text, None):
+            think = "high"  # harmony's Reasoning knows low/medium/high (Ollama maps it so)
         try:
             return gotemplate.render_chat(text, messages, tools=tools, think=think)
         except gotemplate.TemplateError as exc:

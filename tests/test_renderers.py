@@ -558,3 +558,15 @@ def test_qwen3_coder_renderer_writes_the_prompt_and_its_calls_are_read(live: Liv
         lines = [json.loads(line) for line in resp.iter_lines() if line]
     calls = [c for x in lines for c in x["message"].get("tool_calls", [])]
     assert [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}]
+
+
+def test_a_harmony_template_gets_max_as_high(ollama_gpt_oss: Any) -> None:
+    """Ollama maps think "max" to "high" for a gpt-oss template too (harmony has no "max")."""
+    from types import SimpleNamespace
+
+    from gateway.inference import Inference
+
+    model: Any = SimpleNamespace(config={}, template=GPT_OSS_TEMPLATE)
+    text = Inference.template_prompt(None, model, USER, None, "max")  # type: ignore[arg-type]
+    assert text is not None and "\n\nReasoning: high\n\n" in text
+    assert text == ollama_gpt_oss(USER, None, "high")
