@@ -589,9 +589,12 @@ class Inference:
         if "tools" not in model.capabilities:
             raise BadRequest(f"{model.name.full()} does not support tools")
         fmt = call_format(model)
-        # (the forcing grammar writes JSON calls: none for an XML format)
+        # (the forcing grammar writes JSON calls: none for an XML format, nor for harmony,
+        # whose calls are messages on a channel: there nothing forces the call)
+        harmony = speaks_harmony(model.template, model.config.get("parser"),
+                                 model.config.get("renderer"))
         grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) \
-            if choice and not fmt.xml else None
+            if choice and not fmt.xml and not harmony else None
         return ToolUse(tools, fmt, grammar)
 
     async def _stream(self, job: Job, request: p.Generate

@@ -570,3 +570,24 @@ def test_a_harmony_template_gets_max_as_high(ollama_gpt_oss: Any) -> None:
     text = Inference.template_prompt(None, model, USER, None, "max")  # type: ignore[arg-type]
     assert text is not None and "\n\nReasoning: high\n\n" in text
     assert text == ollama_gpt_oss(USER, None, "high")
+
+
+@pytest.mark.e2e
+def test_harmony_calls_with_a_required_tool_choice(live: LiveServer, ggufs: Path) -> None:
+    """tool_choice on a harmony model: the JSON-call grammar made it write no harmony message
+    at all (an empty reply, no call), so no grammar forces the call; the call the model writes
+    is read from its channel."""
+    model = create(live, GPT_OSS, ggufs, name="tiny-gpt-oss-renderer-call", template="",
+                   renderer="harmony", script=[
+                       "<|channel|>", "commentary to=functions.get_weather <|constrain|>json"
+                       "<|message|>", '{"city": ', '"Paris"}'])
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
+    tools: Any = [WEATHER]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        completion = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Weather?"}], tools=tools,
+            tool_choice=choice, temperature=0, max_tokens=24)  # type: ignore[arg-type]
+        call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert json.loads(call.function.arguments) == {  # type: ignore[union-attr]
+            "city": "Paris"}
