@@ -31,6 +31,13 @@ WEATHER = {"type": "function", "function": {
         "where": {"anyOf": [{"type": "string"}, {"type": "object"}]},
         "tags": {"type": "array", "items": {"type": "string"}}}}}}
 NOW = {"type": "function", "function": {"name": "now"}}  # no description, no parameters
+
+
+def _builtin(name: str) -> dict[str, Any]:
+    """One of harmony's built-in tools, offered by its name (as Ollama's clients offer them)."""
+    return {"type": "function", "function": {"name": name, "description": "built in",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "query": {"type": "string"}}}}}
 CALL = {"function": {"name": "get_weather", "arguments": {"unit": "C", "city": "Paris <&>"}}}
 
 
@@ -88,6 +95,16 @@ HARMONY_CASES: dict[str, tuple[list[dict[str, Any]], Any, Any]] = {
             CALL, {"function": {"name": "now", "arguments": {}}}]},
          {"role": "tool", "tool_name": "get_weather", "content": "sun"},
          {"role": "tool", "tool_name": "now", "content": "noon"}], [WEATHER, NOW], True),
+    "built-in tools with functions": (USER, [_builtin("browser.search"), WEATHER,
+                                            _builtin("python")], "low"),
+    "built-in tools alone": (USER, [_builtin("browser.find"), _builtin("browser.open")], True),
+    "built-in calls and results": (
+        [*USER, {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "python", "arguments": {"code": "1+1"}}},
+            {"function": {"name": "browser.search", "arguments": {"query": "x"}}}]},
+         {"role": "tool", "tool_name": "python", "content": "2"},
+         {"role": "tool", "tool_name": "browser.search", "content": "[0] x"}],
+        [_builtin("python"), _builtin("browser.search"), NOW], "high"),
 }
 
 

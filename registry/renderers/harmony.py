@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (harmony's built-in tool sections, kept as the template writes them)
 """gpt-oss's prompt in OpenAI's harmony format, as Ollama writes it for gpt-oss (its gpt-oss
 TEMPLATE: the tests render that template with registry/gotemplate.py and compare, byte for
 byte).
@@ -22,8 +23,9 @@ Earlier thinking is shown only after the last user message. A conversation that 
 assistant turn is continued (prefill): that turn is left open, with Ollama's quirk that every
 `final` (or `analysis`) message then goes without its `<|end|>`.
 
-Unlike Ollama's template, the built-in tools (`python`, `browser.*`) get no sections of their
-own: they are listed, and called, as functions like any other.
+The built-in tools (`python`, `browser.search`, `browser.open`, `browser.find`), when a request
+offers tools by those names, get harmony's own sections in the system message, are called on
+the `analysis` channel and answer as themselves, as in Ollama's template.
 """
 
 from __future__ import annotations
@@ -43,6 +45,79 @@ CHANNELS = ("# Valid channels: analysis, commentary, final. "
 CALLS_TO_FUNCTIONS = "Calls to these tools must go to the commentary channel: 'functions'."
 
 
+BROWSER = ("browser.search", "browser.open", "browser.find")
+BUILTIN = (*BROWSER, "python")
+
+# harmony's sections for the built-in tools (the text of Ollama's gpt-oss template)
+_BROWSER_HEAD = """
+
+## browser
+
+// Tool for browsing.
+// The cursor appears in brackets before each browsing display, like [cursor].
+// Cite information from the tool using the line-citation format shown by the browser output.
+// Do not quote more than 10 words directly from the tool output.
+// sources=web (default: web)
+namespace browser {"""
+_BROWSER_FUNCTIONS = {
+    "browser.search": """
+
+// Searches for information related to query and displays topn results.
+type search = (_: {
+query: string,
+topn?: number, // default: 10
+source?: string,
+}) => any;""",
+    "browser.open": """
+
+// Opens the link id from the page indicated by cursor starting at line number loc, showing num_lines lines.
+// If cursor is not provided, the most recent page is implied.
+// If id is a string, it is treated as a fully qualified URL associated with source.
+// If loc is not provided, the viewport will be positioned at the beginning of the document or centered on the most relevant passage, if available.
+// Use this function without id to scroll to a new location of an opened page.
+type open = (_: {
+id?: number | string, // default: -1
+cursor?: number, // default: -1
+loc?: number, // default: -1
+num_lines?: number, // default: -1
+view_source?: boolean, // default: false
+source?: string,
+}) => any;""",
+    "browser.find": """
+
+// Finds exact matches of pattern in the current page, or the page given by cursor.
+type find = (_: {
+pattern: string,
+cursor?: number, // default: -1
+}) => any;""",
+}
+_PYTHON = """
+
+## python
+
+Use this tool to execute Python code in your chain of thought. The code will not be shown to the user. This tool should be used for internal reasoning, but not for code that is intended to be visible to the user (e.g. when creating plots, tables, or files).
+
+When you send a message containing Python code to python, it will be executed in a stateful Jupyter notebook environment. python will respond with the output of the execution or time out after 120.0 seconds. The drive at '/mnt/data' can be used to save and persist user files. Internet access for this session is UNKNOWN. Depends on the cluster."""
+
+
+def _name(tool: Any) -> str:
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    return str(fn.get("name") or "") if isinstance(fn, dict) else ""
+
+
+def _builtin_sections(names: set[str]) -> str:
+    """The system message's `# Tools` for the built-in tools offered; "" when none."""
+    if not names & set(BUILTIN):
+        return ""
+    text = "\n\n# Tools"
+    if names & set(BROWSER):
+        text += _BROWSER_HEAD + "".join(_BROWSER_FUNCTIONS[n] for n in BROWSER if n in names)
+        text += "\n\n} // namespace browser"
+    if "python" in names:
+        text += _PYTHON
+    return text
+
+
 def reasoning_effort(think: bool | str | None) -> str | None:
     """The `Reasoning:` level for a think value; None: no line (think false)."""
     if think is False:
@@ -52,12 +127,13 @@ def reasoning_effort(think: bool | str | None) -> str | None:
     return "medium"
 
 
-def _system(effort: str | None, has_tools: bool, today: str) -> str:
+def _system(effort: str | None, names: set[str], has_functions: bool, today: str) -> str:
     text = f"{IDENTITY}\nKnowledge cutoff: {KNOWLEDGE_CUTOFF}\nCurrent date: {today}"
     if effort:
         text += f"\n\nReasoning: {effort}"
+    text += _builtin_sections(names)
     text += "\n\n" + CHANNELS
-    if has_tools:
+    if has_functions:
         text += "\n" + CALLS_TO_FUNCTIONS
     return f"<|start|>system<|message|>{text}<|end|>"
 
@@ -98,16 +174,21 @@ def _call(call: Any) -> str:
     fn = call.get("function") if isinstance(call, dict) else None
     fn = fn if isinstance(fn, dict) else {}
     arguments = _go_json(_json_map(fn.get("arguments")))
-    return (f"<|start|>assistant<|channel|>commentary to=functions.{fn.get('name') or ''} "
+    name = str(fn.get("name") or "")
+    # a built-in tool is called on the analysis channel, by its own name
+    channel, to = ("analysis", name) if name in BUILTIN else ("commentary", f"functions.{name}")
+    return (f"<|start|>assistant<|channel|>{channel} to={to} "
             f"<|constrain|>json<|message|>{arguments}<|call|>")
 
 
 def render(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
            think: bool | str | None = None, *, today: _dt.date | None = None) -> str:
     system, collated = _collate(messages)
-    tools = list(tools or [])
+    names = {_name(t) for t in tools or []}
+    functions = [t for t in tools or [] if _name(t) not in BUILTIN]
     date = (today or _dt.date.today()).isoformat()
-    out = [_system(reasoning_effort(think), bool(tools), date), _developer(tools, system)]
+    out = [_system(reasoning_effort(think), names, bool(functions), date),
+           _developer(functions, system)]
 
     last_user = max((i for i, m in enumerate(collated) if m["role"] == "user"), default=-1)
     last = collated[-1] if collated else {}
@@ -120,7 +201,8 @@ def render(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None =
             out.append(f"<|start|>user<|message|>{content}<|end|>")
         elif role == "tool":
             name = str(message.get("tool_name") or message.get("name") or "")
-            out.append(f"<|start|>functions.{name} to=assistant<|message|>{content}<|end|>")
+            sender = name if name in BUILTIN else f"functions.{name}"
+            out.append(f"<|start|>{sender} to=assistant<|message|>{content}<|end|>")
         elif role == "assistant":
             thinking = str(message.get("thinking") or "")
             if thinking and i > last_user:  # earlier turns' thinking is dropped
