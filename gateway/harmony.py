@@ -39,8 +39,12 @@ class HarmonyParser:
     """Splits a streamed harmony reply: feed/finish give (thinking, content), as
     ThinkingParser's do; `take_calls` the calls completed so far."""
 
-    def __init__(self, tools: list[Tool] | None = None) -> None:
+    def __init__(self, tools: list[Tool] | None = None,
+                 rename: dict[str, str] | None = None) -> None:
+        """`tools` as the prompt named them; `rename` maps those names back to the request's
+        (registry/renderers/harmony.py's harmony_tools)."""
         self.names = {t["function"]["name"] for t in tools or []}
+        self.rename = rename or {}
         self._buffer = ""
         self._in_header = True  # the prompt opened the first message
         self._channel = ""
@@ -119,7 +123,7 @@ class HarmonyParser:
         if name not in self.names or not isinstance(arguments, dict):
             return raw
         self._calls.append({"id": new_call_id(), "function": {
-            "index": self._count, "name": name, "arguments": arguments}})
+            "index": self._count, "name": self.rename.get(name, name), "arguments": arguments}})
         self._count += 1
         return ""
 

@@ -40,6 +40,7 @@ from gateway.thinking import (
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from gateway.xmlcalls import XmlCallParser
 from registry import gotemplate, renderers
+from registry.renderers.harmony import harmony_tools
 from registry.store import LocalModel, Store
 from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
@@ -407,6 +408,20 @@ class Inference:
                         model.display(), exc)
             return None
 
+    @staticmethod
+    def reads_harmony(model: LocalModel) -> bool:
+        """Whether the model's replies come in harmony's channels (gpt-oss)."""
+        return speaks_harmony(model.template, model.config.get("parser"),
+                              model.config.get("renderer"))
+
+    def prompt_tools(self, model: LocalModel, tools: list[Tool] | None
+                     ) -> tuple[list[Tool] | None, dict[str, str]]:
+        """The tools as the model's prompt names them, and the map back to the request's
+        names: harmony's TypeScript identifiers (as Ollama's harmony parser renames them)."""
+        if not tools or not self.reads_harmony(model):
+            return tools, {}
+        return harmony_tools(tools)
+
     def fill_in_middle(self, model: LocalModel, prompt: str, suffix: str) -> str:
         """The prompt for code between `prompt` and `suffix`, from the model's TEMPLATE run on
         .Prompt and .Suffix (as Ollama does); the result is sent raw."""
@@ -447,8 +462,10 @@ class Inference:
         (`count_thinking`: and its tokens counted). `as_written`: see template_prompt.
         `whole`: the reply is collected, not streamed; the runner sends its text at the end.
         `image_data`: the images of a raw `prompt` (messages carry their own)."""
-        tool_list = tools.tools if tools else None
         from_messages = prompt is None and messages is not None  # (not raw, not infill)
+        harmony_reply = from_messages and self.reads_harmony(job.model)
+        # (harmony's prompt names the tools as TypeScript identifiers; calls are named back)
+        tool_list, rename = self.prompt_tools(job.model, tools.tools if tools else None)
         grammar = tools.grammar if tools else None
         if think is not None and (format_ or grammar):
             think = think.constrained()
@@ -494,10 +511,8 @@ class Inference:
                              shared_prefix=shared, images=image_data or None)
         parser: CallParser | XmlCallParser | HarmonyCalls | None = \
             tools.parser() if tools else None
-        if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser"),
-                                            job.model.config.get("renderer")):
-            # gpt-oss: thinking, content and calls come on harmony's channels
-            harmony = HarmonyParser(tool_list)
+        if harmony_reply:  # gpt-oss: thinking, content and calls come on harmony's channels
+            harmony = HarmonyParser(tool_list, rename)
             thinker, parser = harmony, HarmonyCalls(harmony)
         count = None
         if count_thinking and thinker is not None:
@@ -547,7 +562,7 @@ class Inference:
         """The prompt tokens a chat would read (Anthropic's count_tokens): rendered as
         `generate` renders it (the Go TEMPLATE here, else the GGUF's Jinja template or the
         family's format, as the runner renders them) and tokenized by the model's runner."""
-        tool_list = tools.tools if tools else None
+        tool_list = self.prompt_tools(job.model, tools.tools if tools else None)[0]
         if think is not None and tools is not None and tools.grammar:
             think = think.constrained()
         value = think.value if think else None
@@ -591,10 +606,8 @@ class Inference:
         fmt = call_format(model)
         # (the forcing grammar writes JSON calls: none for an XML format, nor for harmony,
         # whose calls are messages on a channel: there nothing forces the call)
-        harmony = speaks_harmony(model.template, model.config.get("parser"),
-                                 model.config.get("renderer"))
         grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) \
-            if choice and not fmt.xml and not harmony else None
+            if choice and not fmt.xml and not self.reads_harmony(model) else None
         return ToolUse(tools, fmt, grammar)
 
     async def _stream(self, job: Job, request: p.Generate

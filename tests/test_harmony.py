@@ -45,3 +45,12 @@ def test_which_templates_speak_harmony() -> None:
     assert speaks_harmony("<|start|>x<|channel|>y<|end|>", None)
     assert speaks_harmony("{{ .Prompt }}", "harmony")
     assert not speaks_harmony("<|im_start|>{{ .Prompt }}<|im_end|>", None)
+
+
+def test_calls_are_named_back_to_the_requests_names() -> None:
+    """The prompt named the tool `get_weather` (harmony's identifier for `get-weather`, as
+    Ollama renames it): the call goes out under the request's name."""
+    parser = HarmonyParser(TOOLS, {"get_weather": "get-weather"})
+    parser.feed(REPLY)
+    parser.finish()
+    assert [c["function"]["name"] for c in parser.take_calls()] == ["get-weather"]

@@ -594,10 +594,10 @@ def test_harmony_calls_with_a_required_tool_choice(live: LiveServer, ggufs: Path
     """tool_choice on a harmony model: the JSON-call grammar made it write no harmony message
     at all (an empty reply, no call), so no grammar forces the call; the call the model writes
     is read from its channel."""
+    script = ["<|channel|>", "commentary to=functions.get_weather <|constrain|>json<|message|>",
+              '{"city": ', '"Paris"}']
     model = create(live, GPT_OSS, ggufs, name="tiny-gpt-oss-renderer-call", template="",
-                   renderer="harmony", script=[
-                       "<|channel|>", "commentary to=functions.get_weather <|constrain|>json"
-                       "<|message|>", '{"city": ', '"Paris"}'])
+                   renderer="harmony", script=script)
     client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
     tools: Any = [WEATHER]
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
@@ -608,3 +608,43 @@ def test_harmony_calls_with_a_required_tool_choice(live: LiveServer, ggufs: Path
         assert call.function.name == "get_weather"  # type: ignore[union-attr]
         assert json.loads(call.function.arguments) == {  # type: ignore[union-attr]
             "city": "Paris"}
+
+    # A tool whose name is no TypeScript identifier: the prompt names it `get_weather`, as
+    # Ollama's harmony parser renames it, and the call comes back under the request's name.
+    dashed = {"type": "function", "function": {**WEATHER["function"], "name": "get-weather"}}
+    hello = [{"role": "user", "content": "Hello"}]
+    reply = post(live, "/api/chat", {"model": model, "messages": hello, "tools": [dashed],
+                                     "stream": False, "options": OPTS}).json()
+    renamed = harmony.harmony_tools([dashed])[0]
+    assert renamed[0]["function"]["name"] == "get_weather"
+    text = harmony.render(hello, renamed, True)
+    assert reply["prompt_eval_count"] == len(token_ids(GPT_OSS, text, script))
+    assert [(c["function"]["name"], c["function"]["arguments"])
+            for c in reply["message"]["tool_calls"]] == [("get-weather", {"city": "Paris"})]
+
+
+# --- harmony's function names: Ollama's harmony parser tests (FunctionNameMap) ------------------
+
+
+@pytest.mark.parametrize(("name", "identifier"), [
+    ("get weather", "get_weather"), ("get-weather", "get_weather"), ("get.weather", "get_weather"),
+    ("get weather!", "get_weather"), ("a🫠bc", "abc"), ("🫠", "unnamed"), ("123", "_123"),
+    ("$", "$"), ("𝓸𝓵𝓵𝓪𝓶𝓪", "𝓸𝓵𝓵𝓪𝓶𝓪"), ("ⓞⓛⓛⓐⓜⓐ123", "_123")])
+def test_harmony_identifiers(name: str, identifier: str) -> None:
+    assert harmony._identifier(name) == identifier
+
+
+@pytest.mark.parametrize(("names", "renamed"), [
+    (["get weather", "get weather"], ["get_weather", "get_weather_2"]),
+    (["get weather", "get_weather", "get-weather"], ["get_weather", "get_weather_2", "get_weather_3"]),
+    (["get weather", "get_weather", "get-weather", "something-different"],
+     ["get_weather", "get_weather_2", "get_weather_3", "something_different"]),
+    (["a", "a", "b", "a", "a", "b", "a"], ["a", "a_2", "b", "a_3", "a_4", "b_2", "a_5"]),
+    (["browser.open", "python", "not.a.built-in.function", "browser.not_a_real_built_in"],
+     ["browser.open", "python", "not_a_built_in_function", "browser_not_a_real_built_in"])])
+def test_harmony_tool_names(names: list[str], renamed: list[str]) -> None:
+    tools = [{"type": "function", "function": {"name": n}} for n in names]
+    out, back = harmony.harmony_tools(tools)
+    assert [t["function"]["name"] for t in out] == renamed
+    assert back[renamed[-1]] == names[-1]
+    assert [t["function"]["name"] for t in tools] == names  # the request's own are untouched

@@ -31,6 +31,7 @@ the `analysis` channel and answer as themselves, as in Ollama's template.
 from __future__ import annotations
 
 import datetime as _dt
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -217,3 +218,48 @@ def render(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None =
     if not (prefill_content or prefill_thinking):
         out.append("<|start|>assistant")
     return "".join(out)
+
+
+# --- function names -----------------------------------------------------------------------------
+
+
+def _identifier(name: str) -> str:
+    """A tool's name as a TypeScript identifier, as Ollama's harmony parser makes it: spaces,
+    dashes and dots become underscores, other characters that are not letters, digits, `_` or
+    `$` go, a leading digit gets an underscore, nothing left is "unnamed"."""
+    kept = []
+    for ch in name:
+        if ch in " -.":
+            kept.append("_")
+        elif ch in "_$" or unicodedata.category(ch)[0] == "L" or unicodedata.category(ch) == "Nd":
+            kept.append(ch)
+    candidate = "".join(kept)
+    if not candidate:
+        return "unnamed"
+    return "_" + candidate if candidate[0] in "0123456789" else candidate
+
+
+def harmony_tools(tools: Sequence[dict[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The tools under the names harmony's prompt gives them (Ollama's FunctionNameMap: `get-
+    weather` is `get_weather`, a clash gets `_2`, `_3`; built-in tools keep theirs), and the
+    map back from those names to the request's, for the calls the model writes."""
+    renamed: list[dict[str, Any]] = []
+    back: dict[str, str] = {}
+    for tool in tools:
+        name = _name(tool)
+        if not name:
+            renamed.append(tool)
+            continue
+        derived = base = _identifier(name)
+        count = 2
+        while derived in back:
+            derived = f"{base}_{count}"
+            count += 1
+        if name in BUILTIN:
+            derived = name
+        back[derived] = name
+        if derived != name:
+            tool = {**tool, "function": {**tool["function"], "name": derived}}
+        renamed.append(tool)
+    return renamed, back
