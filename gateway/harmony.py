@@ -40,14 +40,22 @@ class HarmonyParser:
     ThinkingParser's do; `take_calls` the calls completed so far."""
 
     def __init__(self, tools: list[Tool] | None = None,
-                 rename: dict[str, str] | None = None) -> None:
+                 rename: dict[str, str] | None = None, last: Message | None = None) -> None:
         """`tools` as the prompt named them; `rename` maps those names back to the request's
-        (registry/renderers/harmony.py's harmony_tools)."""
+        (registry/renderers/harmony.py's harmony_tools). `last`: the chat's last message; an
+        assistant turn there is continued (prefill), so the reply starts inside its message:
+        `final` when it has content, else `analysis` when it has thinking (as Ollama's
+        AddImplicitStartOrPrefill)."""
         self.names = {t["function"]["name"] for t in tools or []}
         self.rename = rename or {}
         self._buffer = ""
         self._in_header = True  # the prompt opened the first message
         self._channel = ""
+        if last is not None and last.get("role") == "assistant":
+            if last.get("content"):
+                self._in_header, self._channel = False, "final"
+            elif last.get("thinking"):
+                self._in_header, self._channel = False, "analysis"
         self._recipient: str | None = None
         self._body: list[str] = []  # a tool call's arguments so far
         self._calls: list[Message] = []

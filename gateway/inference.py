@@ -464,6 +464,7 @@ class Inference:
         `image_data`: the images of a raw `prompt` (messages carry their own)."""
         from_messages = prompt is None and messages is not None  # (not raw, not infill)
         harmony_reply = from_messages and self.reads_harmony(job.model)
+        last = messages[-1] if from_messages and messages else None  # (a prefill?)
         # (harmony's prompt names the tools as TypeScript identifiers; calls are named back)
         tool_list, rename = self.prompt_tools(job.model, tools.tools if tools else None)
         grammar = tools.grammar if tools else None
@@ -512,7 +513,7 @@ class Inference:
         parser: CallParser | XmlCallParser | HarmonyCalls | None = \
             tools.parser() if tools else None
         if harmony_reply:  # gpt-oss: thinking, content and calls come on harmony's channels
-            harmony = HarmonyParser(tool_list, rename)
+            harmony = HarmonyParser(tool_list, rename, last)
             thinker, parser = harmony, HarmonyCalls(harmony)
         count = None
         if count_thinking and thinker is not None:

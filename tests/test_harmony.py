@@ -54,3 +54,18 @@ def test_calls_are_named_back_to_the_requests_names() -> None:
     parser.feed(REPLY)
     parser.finish()
     assert [c["function"]["name"] for c in parser.take_calls()] == ["get-weather"]
+
+
+@pytest.mark.parametrize(("last", "split"), [
+    ({"role": "assistant", "content": "Sure"}, ("", " thing.")),
+    ({"role": "assistant", "content": "", "thinking": "Hm"}, (" more", "")),
+    ({"role": "user", "content": "Hi"}, ("", ""))])
+def test_a_prefilled_turn_is_continued(last: dict[str, Any], split: tuple[str, str]) -> None:
+    """The prompt left the last assistant message open (prefill): the reply goes on inside it,
+    in the final channel after content, in analysis after thinking only (Ollama's
+    AddImplicitStartOrPrefill); any other last message: the reply opens a message."""
+    parser = HarmonyParser(TOOLS, None, last)
+    text = " thing." if last.get("content") else " more" if last.get("thinking") else "x"
+    got = parser.feed(text + "<|end|>")
+    rest = parser.finish()
+    assert (got[0] + rest[0], got[1] + rest[1]) == split

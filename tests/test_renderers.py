@@ -623,6 +623,23 @@ def test_harmony_calls_with_a_required_tool_choice(live: LiveServer, ggufs: Path
             for c in reply["message"]["tool_calls"]] == [("get-weather", {"city": "Paris"})]
 
 
+
+@pytest.mark.e2e
+def test_harmony_prefill_is_continued(live: LiveServer, ggufs: Path) -> None:
+    """A chat that ends with an assistant turn: the prompt leaves its final message open and the
+    reply is read as more of it (without this, the reply was taken for a message header and
+    lost)."""
+    model = create(live, GPT_OSS, ggufs, name="tiny-gpt-oss-prefill", template="",
+                   renderer="harmony", script=[" here.", "<|end|>"])
+    messages = [{"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "I will start"}]  # (ends as prompts do: "t")
+    reply = post(live, "/api/chat", {"model": model, "messages": messages, "stream": False,
+                                     "options": OPTS}).json()
+    text = harmony.render(messages, None, True)
+    assert text.endswith("<|channel|>final<|message|>I will start")
+    assert reply["prompt_eval_count"] == len(token_ids(GPT_OSS, text, [" here.", "<|end|>"]))
+    assert reply["message"]["content"] == " here."
+
 # --- harmony's function names: Ollama's harmony parser tests (FunctionNameMap) ------------------
 
 
