@@ -186,7 +186,9 @@ class LocalModel:
             info = self.gguf
             if info is None:
                 return []
-            caps = gguf_capabilities(info, self.template)
+            # (a RENDERER writes the prompts: what the templates offer does not count)
+            by_template = renderers.renderer_of(self.config) is None
+            caps = gguf_capabilities(info, self.template, templates=by_template)
             if "completion" in caps:  # what a RENDERER or PARSER lets the model do
                 caps += [c for c in renderers.capabilities(self.config) if c not in caps]
         # vision: exactly the models with a projector layer, whose images the runner reads with

@@ -494,8 +494,11 @@ def test_create_refuses_unknown_names_and_show_lists_them(live: LiveServer,
     assert resp.status_code == 400 and 'unknown renderer "nope"' in resp.json()["error"]
     assert post(live, "/api/show", {"model": "bad"}).status_code == 404  # nothing was made
 
+    # (a template that shows thinking: the renderer writes the prompts, so it offers none)
     resp = post(live, "/api/create", {"model": "named", "stream": False, "modelfile":
-                                      f"FROM @{digest}\nRENDERER qwen3-coder\nPARSER qwen3-coder\n"})
+                                      f"FROM @{digest}\nRENDERER qwen3-coder\nPARSER qwen3-coder\n"
+                                      'TEMPLATE "{{ range .Messages }}{{ .Thinking }}'
+                                      '{{ .Content }}{{ end }}"\n'})
     assert resp.status_code == 200, resp.text
     shown = post(live, "/api/show", {"model": "named"}).json()
     assert (shown["renderer"], shown["parser"]) == ("qwen3-coder", "qwen3-coder")
