@@ -10,15 +10,23 @@ own renderer tests (model/renderers/qwen3coder_test.go)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 
 from registry import gotemplate
 from registry.create import spec_from_request
 from registry.renderers import capabilities, check_names, harmony, qwen3coder, render
 from shared.errors import BadRequest
+from tests.conftest import LiveServer, start_server
+from tests.families import create, upload
 from tests.gptoss_template import GPT_OSS_TEMPLATE
+from tests.tinymodels import GPT_OSS, QWEN3_FAMILY, Family, _vocab, piece_text, write_gguf
 
 TODAY = dt.date(2026, 1, 2)
 
@@ -416,18 +424,6 @@ def test_capabilities_of_renderers_and_parsers() -> None:
 
 
 # --- through a live server: tiny models that name a RENDERER ------------------------------------
-
-# (imported here: the live part's own helpers)
-import json  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
-import openai  # noqa: E402
-
-from tests.conftest import LiveServer, start_server  # noqa: E402
-from tests.families import create, upload  # noqa: E402
-from tests.tinymodels import GPT_OSS, QWEN3_FAMILY, Family, _vocab, piece_text, write_gguf  # noqa: E402
 
 OPTS = {"temperature": 0, "num_predict": 16}
 ANSWER = ["<|channel|>", "analysis<|message|>", "Paris is in France.", "<|end|>",
