@@ -11,7 +11,7 @@ out as it arrives; a call when its message ends. A call whose arguments do not p
 names no offered tool, goes out as content.
 
 Used for models whose template speaks harmony (`<|start|>`, `<|end|>` and `<|channel|>` in it,
-Ollama's heuristic) or whose PARSER is `harmony`.
+Ollama's heuristic) or whose PARSER is `harmony` (or RENDERER, with no PARSER).
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ START, END, MESSAGE, CHANNEL = "<|start|>", "<|end|>", "<|message|>", "<|channel
 _RECIPIENT = re.compile(r"to=(?:functions\.)?([^\s<]+)")
 
 
-def speaks_harmony(template: str | None, parser: str | None) -> bool:
-    if parser == "harmony":
+def speaks_harmony(template: str | None, parser: str | None,
+                   renderer: str | None = None) -> bool:
+    """Ollama's test (a harmony template, or PARSER harmony); and a prompt written by the
+    `harmony` renderer gets a reply in harmony, whatever the template."""
+    if parser == "harmony" or (renderer == "harmony" and not parser):
         return True
     return bool(template) and all(tag in template for tag in (START, END, CHANNEL))
 
@@ -36,11 +39,23 @@ class HarmonyParser:
     """Splits a streamed harmony reply: feed/finish give (thinking, content), as
     ThinkingParser's do; `take_calls` the calls completed so far."""
 
-    def __init__(self, tools: list[Tool] | None = None) -> None:
+    def __init__(self, tools: list[Tool] | None = None,
+                 rename: dict[str, str] | None = None, last: Message | None = None) -> None:
+        """`tools` as the prompt named them; `rename` maps those names back to the request's
+        (registry/renderers/harmony.py's harmony_tools). `last`: the chat's last message; an
+        assistant turn there is continued (prefill), so the reply starts inside its message:
+        `final` when it has content, else `analysis` when it has thinking (as Ollama's
+        AddImplicitStartOrPrefill)."""
         self.names = {t["function"]["name"] for t in tools or []}
+        self.rename = rename or {}
         self._buffer = ""
         self._in_header = True  # the prompt opened the first message
         self._channel = ""
+        if last is not None and last.get("role") == "assistant":
+            if last.get("content"):
+                self._in_header, self._channel = False, "final"
+            elif last.get("thinking"):
+                self._in_header, self._channel = False, "analysis"
         self._recipient: str | None = None
         self._body: list[str] = []  # a tool call's arguments so far
         self._calls: list[Message] = []
@@ -116,7 +131,7 @@ class HarmonyParser:
         if name not in self.names or not isinstance(arguments, dict):
             return raw
         self._calls.append({"id": new_call_id(), "function": {
-            "index": self._count, "name": name, "arguments": arguments}})
+            "index": self._count, "name": self.rename.get(name, name), "arguments": arguments}})
         self._count += 1
         return ""
 

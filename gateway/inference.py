@@ -39,7 +39,8 @@ from gateway.thinking import (
 )
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from gateway.xmlcalls import XmlCallParser
-from registry import gotemplate
+from registry import gotemplate, renderers
+from registry.renderers.harmony import harmony_tools
 from registry.store import LocalModel, Store
 from runner.supervisor.pool import LoadedRunner, RunnerPool
 from shared import protocol as p
@@ -389,17 +390,37 @@ class Inference:
         render with the GGUF's chat template / family format (no template layer, or Ollama's
         `{{ .Prompt }}` placeholder unless `as_written`: /api/generate renders any TEMPLATE as
         Ollama does). Templates are checked when a model is created; one that still fails here
-        (a model from elsewhere) falls back to the runner's rendering."""
+        (a model from elsewhere) falls back to the runner's rendering. A model's RENDERER
+        (Ollama's built-in renderers, registry/renderers/) takes the template's place."""
+        renderer = renderers.renderer_of(model.config)
+        if renderer is not None:
+            return renderer(messages, tools, think)
         text = model.template
         if gotemplate.is_passthrough(text) and not (as_written and text and text.strip()):
             return None
         assert text is not None
+        if think == "max" and speaks_harmony(text, None):
+            think = "high"  # harmony's Reasoning knows low/medium/high (Ollama maps it so)
         try:
             return gotemplate.render_chat(text, messages, tools=tools, think=think)
         except gotemplate.TemplateError as exc:
             log.warning("%s: cannot use its TEMPLATE (%s); using the GGUF's chat format",
                         model.display(), exc)
             return None
+
+    @staticmethod
+    def reads_harmony(model: LocalModel) -> bool:
+        """Whether the model's replies come in harmony's channels (gpt-oss)."""
+        return speaks_harmony(model.template, model.config.get("parser"),
+                              model.config.get("renderer"))
+
+    def prompt_tools(self, model: LocalModel, tools: list[Tool] | None
+                     ) -> tuple[list[Tool] | None, dict[str, str]]:
+        """The tools as the model's prompt names them, and the map back to the request's
+        names: harmony's TypeScript identifiers (as Ollama's harmony parser renames them)."""
+        if not tools or not self.reads_harmony(model):
+            return tools, {}
+        return harmony_tools(tools)
 
     def fill_in_middle(self, model: LocalModel, prompt: str, suffix: str) -> str:
         """The prompt for code between `prompt` and `suffix`, from the model's TEMPLATE run on
@@ -441,8 +462,11 @@ class Inference:
         (`count_thinking`: and its tokens counted). `as_written`: see template_prompt.
         `whole`: the reply is collected, not streamed; the runner sends its text at the end.
         `image_data`: the images of a raw `prompt` (messages carry their own)."""
-        tool_list = tools.tools if tools else None
         from_messages = prompt is None and messages is not None  # (not raw, not infill)
+        harmony_reply = from_messages and self.reads_harmony(job.model)
+        last = messages[-1] if from_messages and messages else None  # (a prefill?)
+        # (harmony's prompt names the tools as TypeScript identifiers; calls are named back)
+        tool_list, rename = self.prompt_tools(job.model, tools.tools if tools else None)
         grammar = tools.grammar if tools else None
         if think is not None and (format_ or grammar):
             think = think.constrained()
@@ -489,9 +513,8 @@ class Inference:
                              shared_prefix=shared, images=image_data or None)
         parser: CallParser | XmlCallParser | HarmonyCalls | None = \
             tools.parser() if tools else None
-        if from_messages and speaks_harmony(job.model.template, job.model.config.get("parser")):
-            # gpt-oss: thinking, content and calls come on harmony's channels
-            harmony = HarmonyParser(tool_list)
+        if harmony_reply:  # gpt-oss: thinking, content and calls come on harmony's channels
+            harmony = HarmonyParser(tool_list, rename, last)
             thinker, parser = harmony, HarmonyCalls(harmony)
         count = None
         if count_thinking and thinker is not None:
@@ -541,7 +564,7 @@ class Inference:
         """The prompt tokens a chat would read (Anthropic's count_tokens): rendered as
         `generate` renders it (the Go TEMPLATE here, else the GGUF's Jinja template or the
         family's format, as the runner renders them) and tokenized by the model's runner."""
-        tool_list = tools.tools if tools else None
+        tool_list = self.prompt_tools(job.model, tools.tools if tools else None)[0]
         if think is not None and tools is not None and tools.grammar:
             think = think.constrained()
         value = think.value if think else None
@@ -592,9 +615,10 @@ class Inference:
         if "tools" not in model.capabilities:
             raise BadRequest(f"{model.name.full()} does not support tools")
         fmt = call_format(model)
-        # (the forcing grammar writes JSON calls: none for an XML format)
+        # (the forcing grammar writes JSON calls: none for an XML format, nor for harmony,
+        # whose calls are messages on a channel: there nothing forces the call)
         grammar = forced_call_grammar(fmt, tools, choice, parallel=parallel) \
-            if choice and not fmt.xml else None
+            if choice and not fmt.xml and not self.reads_harmony(model) else None
         return ToolUse(tools, fmt, grammar)
 
     async def _stream(self, job: Job, request: p.Generate

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.tools import partial_suffix
-from registry import gotemplate
+from registry import gotemplate, renderers
 from registry.store import LocalModel
 from shared.errors import BadRequest
 from shared.prompt import render_jinja
@@ -80,7 +80,11 @@ def _uses_go_template(model: LocalModel) -> bool:
 
 
 def takes_levels(model: LocalModel) -> bool:
-    """Whether the model's template grades thinking (`.ThinkLevel`, `reasoning_effort`)."""
+    """Whether the model's template grades thinking (`.ThinkLevel`, `reasoning_effort`), or
+    its renderer does (harmony's `Reasoning:` line)."""
+    renderer = model.config.get("renderer")
+    if renderer and renderer in renderers.RENDERERS:
+        return renderer in renderers.LEVELLED
     if _uses_go_template(model):
         return ".ThinkLevel" in (model.template or "")
     info = model.gguf
@@ -114,7 +118,10 @@ _TAG_LIKE = re.compile(r"^\S*[>\]▷]$")  # a word that ends like a tag: "<think
 
 def thinking_markers(model: LocalModel) -> Markers | None:
     """The markers of the template the model's chats render with (its Go TEMPLATE, else the
-    GGUF's Jinja template); None when it shows none."""
+    GGUF's Jinja template); None when it shows none, or the model has a renderer (its format
+    is read by its own parser: harmony's channels)."""
+    if renderers.renderer_of(model.config) is not None:
+        return None
     if _uses_go_template(model):
         return _go_markers(model.template or "")
     info = model.gguf

@@ -107,6 +107,8 @@ def call_format(model: LocalModel) -> CallFormat:
     GGUF's Jinja chat template)."""
     if model.config.get("parser") == "qwen3-coder":  # Ollama's built-in parser by name
         return QWEN3_CODER
+    if model.config.get("renderer") == "qwen3-coder" and not model.config.get("parser"):
+        return QWEN3_CODER  # (its prompt asks for these calls)
     template = model.template
     if not gotemplate.is_passthrough(template):
         return _go_call_format(template or "")

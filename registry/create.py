@@ -30,7 +30,7 @@ from typing import Any
 
 import gguf
 
-from registry import gotemplate, modelfile
+from registry import gotemplate, modelfile, renderers
 from registry.blobs import TEMP_PREFIX, Blob, fsync_dir, normalize_digest
 from registry.gguf_info import GGUFInfo, config_fields, read_gguf
 from registry.manifest import (
@@ -213,6 +213,7 @@ def spec_from_request(data: dict[str, Any]) -> CreateSpec:
             raise BadRequest("neither 'from' or 'files' was specified")
     if spec.template:
         check_template(spec.template)
+    renderers.check_names(spec.renderer, spec.parser)
     if len(spec.adapters) + len(spec.server_adapters) > 1:
         raise BadRequest("only one adapter is supported")
     for file_name in spec.files:

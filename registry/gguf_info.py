@@ -186,13 +186,16 @@ _TOOLS_RE = re.compile(r"tools|tool_call", re.IGNORECASE)
 _SUFFIX_RE = re.compile(r"suffix", re.IGNORECASE)
 
 
-def capabilities(info: GGUFInfo, template: str | None) -> list[str]:
+def capabilities(info: GGUFInfo, template: str | None, *, templates: bool = True) -> list[str]:
     """What the model can do, from the GGUF header and its template(s).
 
     `template` is the model's Go TEMPLATE if it has one; the GGUF's own Jinja chat template is
-    also consulted, since the runner may render with it.
+    also consulted, since the runner may render with it. `templates=False`: neither is used (a
+    model whose RENDERER writes its prompts).
     """
     caps = ["embedding" if info.has_pooling_type else "completion"]
+    if not templates:
+        return caps
     # No "vision" or "audio" for a vision or audio block in the model's own GGUF (Ollama's
     # one-file models): corral reads images only through a projector layer (registry/store.py
     # adds "vision" for one), and a client that saw them advertised would offer uploads that

@@ -9,7 +9,7 @@
     LICENSE <text>               repeatable
     MESSAGE <role> <text>        role: system, user or assistant
     REQUIRES <version>           minimum Ollama version (semver, `v` optional)
-    RENDERER <name> / PARSER <name>   stored as given (Ollama's built-in renderers/parsers)
+    RENDERER <name> / PARSER <name>   Ollama's built-in renderers/parsers (checked at create)
 
 Instructions are case-insensitive and may come in any order; `#` starts a comment line. A value is
 the rest of the line, trimmed; one that starts with three double quotes (or one) runs across

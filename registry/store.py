@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from registry import renderers
 from registry.blobs import Blob, BlobWriter, blob_filename, fsync_dir, parse_digest
 from registry.gguf_info import GGUFInfo, read_gguf_safe, served
 from registry.gguf_info import capabilities as gguf_capabilities
@@ -185,7 +186,11 @@ class LocalModel:
             info = self.gguf
             if info is None:
                 return []
-            caps = gguf_capabilities(info, self.template)
+            # (a RENDERER writes the prompts: what the templates offer does not count)
+            by_template = renderers.renderer_of(self.config) is None
+            caps = gguf_capabilities(info, self.template, templates=by_template)
+            if "completion" in caps:  # what a RENDERER or PARSER lets the model do
+                caps += [c for c in renderers.capabilities(self.config) if c not in caps]
         # vision: exactly the models with a projector layer, whose images the runner reads with
         # libmtmd (runner/process/vision.py); a one-file model's vision block is not readable.
         if self.projector_paths and "vision" not in caps:

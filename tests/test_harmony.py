@@ -45,3 +45,27 @@ def test_which_templates_speak_harmony() -> None:
     assert speaks_harmony("<|start|>x<|channel|>y<|end|>", None)
     assert speaks_harmony("{{ .Prompt }}", "harmony")
     assert not speaks_harmony("<|im_start|>{{ .Prompt }}<|im_end|>", None)
+
+
+def test_calls_are_named_back_to_the_requests_names() -> None:
+    """The prompt named the tool `get_weather` (harmony's identifier for `get-weather`, as
+    Ollama renames it): the call goes out under the request's name."""
+    parser = HarmonyParser(TOOLS, {"get_weather": "get-weather"})
+    parser.feed(REPLY)
+    parser.finish()
+    assert [c["function"]["name"] for c in parser.take_calls()] == ["get-weather"]
+
+
+@pytest.mark.parametrize(("last", "split"), [
+    ({"role": "assistant", "content": "Sure"}, ("", " thing.")),
+    ({"role": "assistant", "content": "", "thinking": "Hm"}, (" more", "")),
+    ({"role": "user", "content": "Hi"}, ("", ""))])
+def test_a_prefilled_turn_is_continued(last: dict[str, Any], split: tuple[str, str]) -> None:
+    """The prompt left the last assistant message open (prefill): the reply goes on inside it,
+    in the final channel after content, in analysis after thinking only (Ollama's
+    AddImplicitStartOrPrefill); any other last message: the reply opens a message."""
+    parser = HarmonyParser(TOOLS, None, last)
+    text = " thing." if last.get("content") else " more" if last.get("thinking") else "x"
+    got = parser.feed(text + "<|end|>")
+    rest = parser.finish()
+    assert (got[0] + rest[0], got[1] + rest[1]) == split

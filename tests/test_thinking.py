@@ -181,7 +181,7 @@ def test_think_values() -> None:
 def _model(template: str | None = None, chat_template: str | None = None,
            capabilities: tuple[str, ...] = ("completion", "thinking")) -> Any:
     return SimpleNamespace(template=template, capabilities=list(capabilities),
-                           gguf=SimpleNamespace(chat_template=chat_template))
+                           gguf=SimpleNamespace(chat_template=chat_template), config={})
 
 
 def test_resolve_think_defaults_and_refusals() -> None:
