@@ -136,26 +136,24 @@ class Worker:
                 self.guard(message.id, self.submit, message)
             case p.Cancel(id=rid):
                 if (inner := self.peers.find(peer, rid)) is not None:
-                    so_far = self.cancel(inner)  # what it used, for the sender's usage
+                    so_far = self._so_far(inner)  # what it used, for the sender's usage
+                    self.cancel(inner)
                     so_far.id = rid
                     self.send(peer, so_far)
             case _:
                 log.error("unexpected message %r", message)
 
-    def cancel(self, inner: int) -> p.Done:
-        """Stop a request (by the runner's own id) wherever it is; nothing more is sent for it.
-        For a generation, a Done (done_reason "cancel", under the runner's id) with the prompt
-        tokens it read and the tokens it generated so far (zeros while it waited)."""
-        so_far = self._so_far(inner)
+    def cancel(self, inner: int) -> None:
+        """Stop a request (by the runner's own id) wherever it is; nothing more is sent for it."""
         self.peers.forget(inner)
         self.whole.drop(inner)
         if self.intake is not None and not self.intake.cancel(inner) and self.engine is not None:
             self.engine.cancel(inner)
-        return so_far
 
     def _so_far(self, inner: int) -> p.Done:
-        """A cancelled generation's counts: a client that drops a stream still used the tokens
-        generated until then (its usage, metrics and access log count them, not 0)."""
+        """The answer to a Cancel: a Done (done_reason "cancel") with the prompt tokens the
+        generation read and the tokens it generated so far (zeros while it waited). A client
+        that drops a stream still used them: its usage, metrics and access log count them."""
         for slot in self.engine.slots if self.engine is not None else ():
             seq = slot.sequence
             if seq is not None and seq.request_id == inner:
