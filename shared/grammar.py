@@ -16,6 +16,7 @@ from llama_cpp import llama_grammar
 
 from shared.errors import BadRequest
 from shared.intrange import integer_range
+from shared.pattern import PatternError, pattern_rule
 
 
 def grammar_for(format_: Any) -> str | None:
@@ -58,17 +59,17 @@ _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMAS = ("items", "additionalProperties", "additionalItems", "contains", "not", "if", "then",
             "else", "propertyNames", "unevaluatedProperties", "unevaluatedItems")
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-# The converter maps integers' bounds (with _prepare's help), strings' minLength/maxLength and
-# arrays' minItems/maxItems; these it would drop without a word.
-_UNHELD = {"pattern": "strings matching a regular expression",
-           "multipleOf": "multiples of a number",
+# The converter maps integers' bounds and strings' patterns (with _prepare's help), strings'
+# minLength/maxLength and arrays' minItems/maxItems; these it would drop without a word.
+_UNHELD = {"multipleOf": "multiples of a number",
            "uniqueItems": "arrays without repeated items"}
 
 
 def _prepare(schema: Any, what: str, ranges: dict[str, str], *, strict: bool) -> Any:
-    """The schema as the converter should see it: an integer with bounds becomes a const
-    stand-in (the converter ignores bounds; `ranges` maps the stand-in to its GBNF), and a
-    keyword no grammar here holds is refused (strict) or left out."""
+    """The schema as the converter should see it: an integer with bounds or a string with a
+    pattern becomes a const stand-in (the converter ignores bounds, and its own regex
+    translation lets characters into a JSON string that JSON must escape); `ranges` maps the
+    stand-in to its GBNF. A keyword no grammar here holds is refused (strict) or left out."""
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
@@ -79,6 +80,13 @@ def _prepare(schema: Any, what: str, ranges: dict[str, str], *, strict: bool) ->
                                  f"constrained output cannot hold {meaning}")
             del out[keyword]
     types = out.get("type")
+    if "pattern" in out:
+        rule = _pattern(out, what, strict=strict)
+        del out["pattern"]
+        if rule is not None:
+            marker = f"corral-pattern-{len(ranges)}-{id(ranges):x}"
+            ranges[marker] = rule
+            return {"const": marker}
     if any(b in out for b in _BOUNDS) and "enum" not in out and "const" not in out:
         if types == "integer":
             marker = f"corral-integer-range-{len(ranges)}-{id(ranges):x}"
@@ -102,6 +110,25 @@ def _prepare(schema: Any, what: str, ranges: dict[str, str], *, strict: bool) ->
         elif keyword in out:
             out[keyword] = _prepare(out[keyword], what, ranges, strict=strict)
     return out
+
+
+def _pattern(schema: dict[str, Any], what: str, *, strict: bool) -> str | None:
+    """The GBNF of a string schema's pattern (quotes included), None when there is nothing to
+    hold (its values are listed) or, lenient, when it cannot be held."""
+    if "enum" in schema or "const" in schema or schema.get("type") not in (None, "string"):
+        return None
+    try:
+        if not isinstance(schema["pattern"], str):
+            raise PatternError("it must be a string")
+        if "minLength" in schema or "maxLength" in schema or "format" in schema:
+            raise PatternError("together with minLength, maxLength or format it is not "
+                               "supported")
+        return pattern_rule(schema["pattern"])
+    except PatternError as exc:
+        if strict:
+            raise BadRequest(f'unsupported JSON schema keyword "pattern" in {what} '
+                             f"({schema['pattern']!r}): {exc}") from None
+        return None
 
 
 def _first_bound(schema: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """JSON-schema constraints in grammars (issue 24): integers' minimum/maximum (and the exclusive
-ones), strings' minLength/maxLength and arrays' minItems/maxItems hold in what the model
-writes; keywords no grammar here holds (pattern, multipleOf, uniqueItems, bounds on a "number")
-are a 400 that names the keyword, never silently ignored."""
+ones), strings' minLength/maxLength and pattern, and arrays' minItems/maxItems hold in what the
+model writes; what no grammar here holds (multipleOf, uniqueItems, bounds on a "number", a
+pattern's lookarounds, backreferences, characters JSON must escape) is a 400 that names the
+keyword, never silently ignored."""
 
 from __future__ import annotations
 
@@ -55,8 +56,13 @@ def test_random_integer_ranges() -> None:
 
 
 @pytest.mark.parametrize("schema, keyword", [
-    ({"type": "string", "pattern": "^[a-z]+$"}, "pattern"),
-    ({"type": "object", "properties": {"id": {"type": "string", "pattern": "^x"}}}, "pattern"),
+    ({"type": "string", "pattern": "^(?=a)[a-z]+$"}, "pattern"),
+    ({"type": "object", "properties": {"id": {"type": "string", "pattern": r"^(a)\1$"}}},
+     "pattern"),
+    ({"type": "string", "pattern": r"\bword"}, "pattern"),
+    ({"type": "string", "pattern": "^a+?$"}, "pattern"),
+    ({"type": "string", "pattern": '^say "hi"$'}, "pattern"),  # JSON writes it as \"
+    ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 4}, "pattern"),
     ({"type": "number", "minimum": 0}, "minimum"),
     ({"type": "number", "exclusiveMaximum": 1.5}, "exclusiveMaximum"),
     ({"type": "integer", "multipleOf": 5}, "multipleOf"),
@@ -67,6 +73,41 @@ def test_a_keyword_no_grammar_holds_is_refused_by_name(schema: dict, keyword: st
         grammar_for(schema)
     # A tool's parameters only shape a forced call: there the keyword is left out.
     assert "root ::=" in schema_grammar(schema, "tools")
+
+
+def _as_regex(rule: str) -> str:
+    """A GBNF rule of quoted literals, classes, groups, | and quantifiers as a Python regex:
+    the spaces between items go, classes stay as they are, literals are escaped."""
+    def one(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == " ":
+            return ""
+        if text.startswith('"'):
+            return re.escape(text[1:-1].replace('\\"', '"').replace("\\\\", "\\"))
+        return text
+
+    return re.sub(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]| ', one, rule)
+
+
+@pytest.mark.parametrize("pattern, inside, outside", [
+    ("^[0-9]{5}$", ["12345"], ["1234", "123456", "1234a"]),
+    (r"^[A-Z]{2}-\d+$", ["AB-1", "ZZ-0042"], ["A-1", "AB-", "ab-1"]),
+    ("^(red|green)(?:-[a-z]*)?$", ["red", "green-ish"], ["blue", "redgreen", "red-1"]),
+    ("ab+c", ["abc", "xxabbbcyy"], ["ac", "abx"]),
+    ("^[^,]+$", ["a b", "x"], ["a,b", ""]),
+    (r"^\S\s\W$", ["a !"], ["a\t!", "a a"]),
+])
+def test_a_pattern_allows_only_its_matches(pattern: str, inside: list[str],
+                                           outside: list[str]) -> None:
+    """The grammar's strings, read back as a regular expression (its GBNF here is made of
+    quoted characters, classes, groups, alternatives and quantifiers), match the pattern."""
+    rule = grammar_for({"type": "string", "pattern": pattern}).split("root ::= ", 1)[1]
+    regex = _as_regex(rule.split("\n", 1)[0])
+    for text in inside:
+        assert re.fullmatch(regex, json.dumps(text)), (text, regex)
+        assert re.search(pattern, text)
+    for text in outside:
+        assert not re.fullmatch(regex, json.dumps(text)), (text, regex)
 
 
 def test_bounds_that_no_integer_meets_are_refused() -> None:
@@ -95,10 +136,12 @@ BOUNDED = {
         "year": {"type": "integer", "minimum": 1000, "maximum": 1010},
         "offset": {"type": "integer", "exclusiveMinimum": -4, "exclusiveMaximum": 4},
         "code": {"type": "string", "minLength": 3, "maxLength": 5},
+        "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+        "tag": {"type": "string", "pattern": r"^[A-Z]{2}-\d{1,3}(/[a-z]+)?$"},
         "scores": {"type": "array", "items": {"type": "integer", "minimum": 90, "maximum": 100},
                    "minItems": 2, "maxItems": 3},
     },
-    "required": ["year", "offset", "code", "scores"],
+    "required": ["year", "offset", "code", "zip", "tag", "scores"],
 }
 
 
@@ -116,7 +159,7 @@ def test_sampled_output_keeps_every_bound(engine) -> None:  # noqa: ANN001, F811
 @pytest.mark.e2e
 def test_a_live_server_answers_an_unheld_keyword_with_400(corral_server: LiveServer) -> None:
     schema = {"type": "object", "properties": {"zip": {"type": "string",
-                                                       "pattern": "^[0-9]{5}$"}}}
+                                                       "pattern": "^(?![0-9]{5}$)"}}}
     reply = httpx.post(corral_server.url + "/api/generate", timeout=60, json={
         "model": MODEL, "prompt": "x", "stream": False, "format": schema})
     assert reply.status_code == 400, reply.text
