@@ -626,7 +626,9 @@ class Inference:
         record = team.current()
         times = record.stream() if record is not None else None
         async with self.lease(job) as entry:
-            stream = entry.runner.generate(request)
+            # A stream dropped early still counts what the runner used until then.
+            stream = entry.runner.generate(
+                request, on_cancel=record.cancelled if record is not None else None)
             sent = time.perf_counter()
             try:
                 async for batch in stream:

@@ -152,6 +152,8 @@ class Snapshot:
         """Read on the event loop, as the pool changes there (the inventory's NVML calls take a
         few milliseconds, once per scrape)."""
         snap = cls(restarts=dict(pool.restarts))
+        for name, count in list(pool.waiting_loads.items()):  # waiting for their model to load
+            snap.models.setdefault(name, ModelState()).waiting += count
         for group in list(pool.loaded.values()):
             if not group:
                 continue

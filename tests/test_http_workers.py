@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from gateway.metrics import ModelState, Snapshot
+from gateway.team.ledger import ledger_path
 from shared import control as c
 from shared import protocol as p
 from tests.conftest import LiveServer, start_server
@@ -80,6 +82,7 @@ def test_the_supervisors_gauges_cross_as_plain_data() -> None:
 class Served:
     server: LiveServer
     access_log: Path
+    ledger: Path
     secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -96,14 +99,33 @@ class Served:
         return openai.OpenAI(base_url=self.url + "/v1", max_retries=0,
                              api_key=self.secrets[name] if name else "not-a-key")
 
+    def inflight(self) -> dict[int, int]:
+        """The ledger's requests in flight per worker pid, read straight from its file
+        (read-only: opening it as a `Ledger` would forget dead owners itself)."""
+        db = sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT owner, SUM(n) FROM inflight GROUP BY owner").fetchall()
+        finally:
+            db.close()
+        return {int(owner.rpartition(":")[2]): n for owner, n in rows if n}
+
     def workers(self) -> list[int]:
-        children = psutil.Process(self.server.proc.pid).children()
-        return [c.pid for c in children if "gateway.httpworker" in " ".join(c.cmdline())]
+        pids = []
+        for child in psutil.Process(self.server.proc.pid).children():
+            try:  # (a killed worker is a zombie until the supervisor reaps it)
+                if "gateway.httpworker" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+        return pids
+
+    def access_lines(self) -> list[dict]:
+        lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
+        return [json.loads(line) for line in lines]
 
     def served_by(self) -> list[int]:
         """The worker pid of every access log line so far."""
-        lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-        return [json.loads(line)["pid"] for line in lines]
+        return [line["pid"] for line in self.access_lines()]
 
     def model_ps(self) -> dict | None:
         models = httpx.get(self.url + "/api/ps", headers=self.headers(), timeout=30).json()
@@ -132,7 +154,7 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                           OLLAMA_NUM_PARALLEL="1", OLLAMA_MAX_QUEUE="1",
                           OLLAMA_KEEP_ALIVE="10m")
     try:
-        yield Served(server, access_log, secrets)
+        yield Served(server, access_log, ledger_path(keys), secrets)
     finally:
         runners = server.runner_pids()
         server.stop()
@@ -286,16 +308,24 @@ def test_a_killed_worker_is_replaced_and_its_lease_freed(served: Served) -> None
         served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 1)
         victim = _worker_holding(served, conn.getsockname()[1])
         before = set(served.workers())
+        assert served.inflight().get(victim) == 1  # the stream counts against "single"
         psutil.Process(victim).send_signal(signal.SIGKILL)
-        # The supervisor releases its lease, the runner cancels its sequence, and a new worker
-        # takes its place.
-        served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 0
-                       and e["corral"]["runners"][0]["reported"] is not None)
+        # A new worker takes its place. No request reaches either worker until the dead one's
+        # in-flight row is checked: a worker's first authenticated request opens the ledger,
+        # which would also forget it, so only the supervisor's clean-up can pass this.
         deadline = time.monotonic() + 60
         while len(now := set(served.workers())) < 2 or victim in now:
             assert time.monotonic() < deadline, now
             time.sleep(0.1)
         assert now != before and len(now) == 2
+        deadline = time.monotonic() + 30
+        while victim in served.inflight():
+            assert time.monotonic() < deadline, f"the dead worker's request still counts: " \
+                f"{served.inflight()}"
+            time.sleep(0.1)
+        # The supervisor releases its lease and the runner cancels its sequence.
+        served.wait_ps(lambda e: e is not None and e["corral"]["active"] == 0
+                       and e["corral"]["runners"][0]["reported"] is not None)
     # The runner's one slot is free again: the next request is served. The killed request no
     # longer counts against its key's concurrency of 1, whichever worker the next ones reach.
     for _ in range(4):
@@ -350,3 +380,100 @@ def test_ready_once_every_worker_serves_and_a_clean_stop(models_dir: Path, tmp_p
     finally:
         server.stop()
         systemd.close()
+
+
+def _stream_until(served: Served, name: str, lines: list[str], stop: threading.Event) -> None:
+    """An endless stream of key `name`'s, collecting its lines until `stop` (then dropped)."""
+    with httpx.stream("POST", served.url + "/api/generate", headers=served.headers(name),
+                      timeout=300, json={"model": MODEL, "prompt": f"List of {name} items:",
+                                         "options": ENDLESS}) as reply:
+        for line in reply.iter_lines():
+            lines.append(line)
+            if stop.is_set():
+                return
+
+
+def _reported_queue(served: Served, at_least: int) -> None:
+    """Until the runner itself reports `at_least` requests waiting in its line (every request
+    has reached the runner, not only its lease: that is where the turns are given)."""
+    served.wait_ps(lambda e: e is not None and e["corral"]["runners"][0]["reported"] is not None
+                   and e["corral"]["runners"][0]["reported"]["queued"] >= at_least)
+
+
+def _flood_then_solo(served: Served) -> tuple[bool, list[int]]:
+    """One slot. `flood` runs one endless stream and queues three more; `solo` then queues one
+    request. When the running stream is dropped, which request gets the slot: (whether solo's
+    reply came before any waiting flood stream's first line, the waiting streams' line counts)."""
+    streams = [([], threading.Event()) for _ in range(4)]
+    threads = [threading.Thread(target=_stream_until, args=(served, "flood", lines, stop))
+               for lines, stop in streams]
+    for thread in threads:
+        thread.start()
+    solo: list[httpx.Response] = []
+    solo_thread = threading.Thread(target=lambda: solo.append(httpx.post(
+        served.url + "/api/generate", headers=served.headers("solo"), timeout=300,
+        json={"model": MODEL, "prompt": "List of solo items:", "stream": False,
+              "options": SHORT})))
+    try:
+        _reported_queue(served, 3)
+        deadline = time.monotonic() + 60
+        while not (started := [i for i, (lines, _) in enumerate(streams) if lines]):
+            assert time.monotonic() < deadline, "no flood stream got the slot"
+            time.sleep(0.01)
+        assert len(started) == 1, started  # (one slot)
+        running = started[0]
+        solo_thread.start()
+        _reported_queue(served, 4)
+        streams[running][1].set()  # dropped at its next line: its slot frees
+        waiting = [lines for i, (lines, _) in enumerate(streams) if i != running]
+        deadline = time.monotonic() + 120
+        while not solo and not any(waiting):
+            assert time.monotonic() < deadline, "neither solo nor the flood got the slot"
+            time.sleep(0.01)
+        solo_first = bool(solo) and not any(waiting)
+        counts = [len(lines) for lines in waiting]
+    finally:
+        for _, stop in streams:
+            stop.set()  # each waiting stream gets the slot in turn and is dropped
+        for thread in threads:
+            thread.join(300)
+    solo_thread.join(300)
+    assert solo and solo[0].status_code == 200, solo
+    return solo_first, counts
+
+
+def test_fair_sharing_holds_across_workers(models_dir: Path, tmp_path: Path) -> None:
+    """Two workers, one slot: `flood` holds the slot with one stream and queues three more over
+    fresh connections (so through either worker), then `solo` queues one request. The runner's
+    line is round-robin across keys whichever worker each request came through: when the
+    running stream ends, solo's request runs before the flood's three (first come, first served
+    would give the slot to the flood's next). Repeated until solo and the flood went through
+    different workers at least once (each connection lands on either)."""
+    keys = tmp_path / "keys.json"
+    secrets = {name: keys_cli(keys, "create", name, *flags).strip().splitlines()[-1]
+               for name, flags in {"root": ["--admin"], "flood": [], "solo": []}.items()}
+    access_log = tmp_path / "access.log"
+    server = start_server(models_dir, tmp_path / "serve.log", CORRAL_HTTP_WORKERS="2",
+                          CORRAL_KEYS_FILE=str(keys), CORRAL_ACCESS_LOG=str(access_log),
+                          OLLAMA_NUM_PARALLEL="1", OLLAMA_KEEP_ALIVE="10m")
+    served = Served(server, access_log, ledger_path(keys), secrets)
+    try:
+        served.ollama().generate(MODEL, "Hi", options=SHORT)  # loaded
+        crossed = False
+        for _ in range(3):
+            seen = len(served.served_by())
+            solo_first, counts = _flood_then_solo(served)
+            assert solo_first, f"a flood stream got the slot before solo: {counts} lines"
+            deadline = time.monotonic() + 60  # each line is written once its reply has gone out
+            while len(lines := served.access_lines()[seen:]) < 5:
+                assert time.monotonic() < deadline, lines
+                time.sleep(0.05)
+            by_key: dict[str, set[int]] = {}
+            for line in lines:
+                by_key.setdefault(line["key"], set()).add(line["pid"])
+            if by_key["flood"] - by_key["solo"]:
+                crossed = True
+                break
+        assert crossed, "every round's requests went through one worker"
+    finally:
+        server.stop()

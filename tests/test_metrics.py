@@ -146,6 +146,34 @@ def test_a_burst_beyond_the_slots_shows_waiting_requests(server: LiveServer) -> 
     assert value(after, waits + "_sum", model=MODEL) > value(before, waits + "_sum", model=MODEL)
 
 
+def test_a_request_waiting_for_its_model_to_load_is_waiting(server: LiveServer) -> None:
+    """Before its runner exists a request waits for the load: corral_requests_waiting counts it
+    (issue 24: only requests queued at a loaded runner were counted)."""
+    client = ollama.Client(host=server.url)
+    client.generate(MODEL, "", keep_alive=0)  # unloads
+    deadline = time.monotonic() + 60
+    while server.ps(MODEL) is not None:
+        assert time.monotonic() < deadline, "the model did not unload"
+        time.sleep(0.1)
+    seen: list[tuple[float, float]] = []  # (waiting, running) of the model at each scrape
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.append(client.generate(
+        MODEL, "Hi", options={"num_predict": 2}).eval_count))
+    thread.start()
+    while thread.is_alive():
+        _, now = scrape(server)
+        seen.append((value(now, "corral_requests_waiting", model=MODEL),
+                     value(now, "corral_requests_running", model=MODEL)))
+        if seen[-1][0] >= 1:
+            break
+    thread.join(180)
+    assert done == [2]
+    assert (1.0, 0.0) in seen, seen  # waiting, nothing running yet: the load
+    _, after = scrape(server)
+    assert value(after, "corral_requests_waiting", model=MODEL) == 0
+    assert value(after, "corral_requests_waiting") == 0
+
+
 def test_access_log_has_one_json_line_per_request_and_no_text(server: LiveServer) -> None:
     secret_prompt = "Zanzibar-marmalade-" + os.urandom(4).hex()
     reply = ollama.Client(host=server.url).generate(MODEL, secret_prompt,
@@ -169,6 +197,37 @@ def test_access_log_has_one_json_line_per_request_and_no_text(server: LiveServer
     text = log.read_text()
     assert secret_prompt not in text and reply.response.strip()[:20] not in text
     assert secret_prompt not in server.log.read_text()
+
+
+def test_a_dropped_stream_counts_the_tokens_it_generated(server: LiveServer) -> None:
+    """A client that leaves mid-stream used the prompt and the tokens generated until then: the
+    access log and the token counters count them (issue 24: they counted 0)."""
+    log = Path(server.env["CORRAL_ACCESS_LOG"])
+    seen = len(log.read_text().splitlines())
+    _, before = scrape(server)
+    lines = 0
+    with httpx.stream("POST", server.url + "/api/generate", timeout=180, json={
+            "model": MODEL, "prompt": "Count: 1, 2, 3,", "raw": True,
+            "options": {"num_predict": 100_000, "temperature": 0}}) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            assert json.loads(line)["done"] is False
+            lines += 1
+            if lines == 8:
+                break  # leaving the block drops the connection
+    deadline = time.monotonic() + 60  # written once the server has seen the client go
+    while not (mine := [e for e in map(json.loads, log.read_text().splitlines()[seen:])
+                        if e["path"] == "/api/generate"]):
+        assert time.monotonic() < deadline, "no access log line for the dropped stream"
+        time.sleep(0.1)
+    [entry] = mine
+    # Each line carried at least one token; the runner had made a few more by the cancel.
+    assert entry["generated_tokens"] >= 8 and entry["prompt_tokens"] >= 5, entry
+    _, after = scrape(server)
+    for name, field in (("corral_generation_tokens_total", "generated_tokens"),
+                        ("corral_prompt_tokens_total", "prompt_tokens")):
+        assert value(after, name, model=MODEL, key="anonymous") - value(
+            before, name, model=MODEL, key="anonymous") == entry[field], name
 
 
 def test_a_body_over_the_cap_is_413(server: LiveServer) -> None:

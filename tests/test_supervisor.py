@@ -237,11 +237,18 @@ def test_plan_shows_what_the_loaded_model_measures(corral_server: LiveServer) ->
     assert generate(corral_server, MODEL, 1).status_code == 200
     env = {"OLLAMA_MODELS": str(corral_server.models), "OLLAMA_HOST": corral_server.host,
            "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    # Room for one model only: the plan must still never "first unload" the very model it
+    # plans (issue 24: it did, counting the model's own runner as another resident).
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", MODEL, "--json"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**env, "OLLAMA_MAX_LOADED_MODELS": "1"})
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
-    assert plan["evict"] == []  # never "would first unload" the very model it plans
+    assert plan["evict"] == []
+    one = subprocess.run([sys.executable, "-m", "gateway.cli", "plan", MODEL], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60,
+                         env={**env, "OLLAMA_MAX_LOADED_MODELS": "1"})
+    assert one.returncode == 0 and "would first unload" not in one.stdout, one.stdout
     measured = plan["measured"]
     assert measured is not None and measured["rss"] > 100 * 1024**2
     assert measured["buffers"]["kv"] > 0 and measured["parallel"] >= 1

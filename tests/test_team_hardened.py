@@ -35,6 +35,7 @@ KEYS = {
     "pulls": ["--rpm", "2"],
     "thrifty": ["--tpm", "50"],
     "curious": [],
+    "dropper": [],
 }
 
 
@@ -207,6 +208,7 @@ def test_a_non_admin_key_cannot_reload_a_shared_runner(team: Team) -> None:
 def test_the_access_log_is_private_and_cuts_unknown_paths(team: Team) -> None:
     log = Path(team.server.env["CORRAL_ACCESS_LOG"])
     assert team.get("curious", "/api/version").status_code == 200
+    seen = len(log.read_text().splitlines())  # (earlier tests' 404s are not the probe's)
     probe = team.get("curious", "/wp-admin/token=hunter2-secret")
     assert probe.status_code == 404
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
@@ -215,7 +217,7 @@ def test_the_access_log_is_private_and_cuts_unknown_paths(team: Team) -> None:
     while True:
         text = log.read_text()
         lines = [json.loads(line) for line in text.splitlines()]
-        probes = [line for line in lines if line.get("status") == 404]
+        probes = [line for line in lines[seen:] if line.get("status") == 404]
         if probes or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -308,3 +310,31 @@ def test_the_metrics_listener_serves_only_metrics_without_a_key(
         assert httpx.get(server.url + "/metrics", timeout=30).status_code == 401  # the API port
     finally:
         server.stop()
+
+
+# --- left over: a dropped stream ---------------------------------------------------------------
+
+
+def test_a_dropped_stream_is_charged_what_it_used(team: Team) -> None:
+    """A client that leaves mid-stream used the prompt and the tokens generated until then:
+    the key's usage counts them (they counted 0 before)."""
+    lines = 0
+    with httpx.stream("POST", team.url + "/api/generate", headers=team.headers("dropper"),
+                      timeout=300, json={"model": MODEL, "prompt": "Count: 1, 2, 3,",
+                                         "raw": True, "options": {"num_predict": 100_000}}
+                      ) as reply:
+        assert reply.status_code == 200
+        for _ in reply.iter_lines():
+            lines += 1
+            if lines == 8:
+                break  # leaving the block drops the connection
+    deadline = time.monotonic() + 60  # written after the server has seen the client go
+    while True:
+        [row] = [line.split() for line in keys_cli(team.keys, "usage", "dropper").splitlines()
+                 if line.startswith("dropper")]
+        if row[1] != "-" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    _, model, requests, prompt, generated = row
+    assert (model, requests) == (MODEL, "1"), row
+    assert int(generated) >= 8 and int(prompt) >= 5, row  # each line carried a token at least

@@ -10,6 +10,7 @@ middleware (unit tests calling `Inference` directly) there is no record and ever
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -48,6 +49,8 @@ class RequestRecord:
     reserved: int = 0  # tokens taken from the key's tokens-per-minute bucket before the reply
     # Takes tokens from the key's bucket or raises RateLimited (the middleware's, with keys on).
     reserver: Callable[[int], Awaitable[None]] | None = None
+    # Counts of generations the client dropped, still to come from their runners.
+    settling: list[asyncio.Future[p.Done | None]] = field(default_factory=list)
 
     @property
     def key_name(self) -> str:
@@ -77,6 +80,24 @@ class RequestRecord:
         self.generated_tokens += done.eval_count
         self.cached_tokens += done.cached_tokens
         self.queue_waits.append(done.queue_duration / 1e9)
+
+    def cancelled(self, so_far: asyncio.Future[p.Done | None]) -> None:
+        """A generation the client dropped: the runner's count of what it used until then
+        arrives later; `settle` adds it before the request is logged and charged."""
+        self.settling.append(so_far)
+
+    async def settle(self) -> None:
+        for future in self.settling:
+            so_far = await future
+            if so_far is None:
+                continue
+            if so_far.done_reason != "cancel":  # it had finished: its own Done, in full
+                self.done(so_far)
+                continue
+            self.prompt_tokens += so_far.prompt_eval_count
+            self.generated_tokens += so_far.eval_count
+            self.cached_tokens += so_far.cached_tokens
+        self.settling.clear()
 
 
 class StreamTimes:

@@ -280,7 +280,11 @@ class TeamMiddleware:
             else:
                 await self.app(scope, receive, send_with_headers)
         finally:
-            self._finish(scope, record, status, counted)
+            try:
+                if record.settling:  # a dropped stream: the tokens it used until then
+                    await record.settle()
+            finally:
+                self._finish(scope, record, status, counted)
 
     def _reserver(self, key: ApiKey) -> Callable[[int], Awaitable[None]]:
         async def reserve(tokens: int) -> None:

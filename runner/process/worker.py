@@ -136,7 +136,10 @@ class Worker:
                 self.guard(message.id, self.submit, message)
             case p.Cancel(id=rid):
                 if (inner := self.peers.find(peer, rid)) is not None:
+                    so_far = self._so_far(inner)  # what it used, for the sender's usage
                     self.cancel(inner)
+                    so_far.id = rid
+                    self.send(peer, so_far)
             case _:
                 log.error("unexpected message %r", message)
 
@@ -146,6 +149,17 @@ class Worker:
         self.whole.drop(inner)
         if self.intake is not None and not self.intake.cancel(inner) and self.engine is not None:
             self.engine.cancel(inner)
+
+    def _so_far(self, inner: int) -> p.Done:
+        """The answer to a Cancel: a Done (done_reason "cancel") with the prompt tokens the
+        generation read and the tokens it generated so far (zeros while it waited). A client
+        that drops a stream still used them: its usage, metrics and access log count them."""
+        for slot in self.engine.slots if self.engine is not None else ():
+            seq = slot.sequence
+            if seq is not None and seq.request_id == inner:
+                return p.Done(inner, "cancel", len(seq.prompt) - len(seq.pending), 0,
+                              len(seq.generated), 0, cached_tokens=seq.cached)
+        return p.Done(inner, "cancel", 0, 0, 0, 0)  # still waiting or being prepared: none
 
     def submit(self, message: p.Generate | p.Embed | p.Tokenize) -> None:
         assert self.intake is not None

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import zmq
@@ -32,6 +32,7 @@ log = logging.getLogger("corral.runner")
 
 HEALTH_TIMEOUT = 30.0  # one long prefill or embedding step may hold a reply this long
 STOP_TIMEOUT = 5.0
+CANCEL_TIMEOUT = 5.0  # how long a dropped stream waits for the runner's count of its tokens
 
 _zctx: zmq.Context | None = None
 _SEND_RETRY_S = 0.001  # a send that finds the socket's queue full (1,000 messages) waits this
@@ -197,10 +198,13 @@ class RunnerConnection:
             raise CorralError(reply.message, reply.status)
         return reply
 
-    async def generate(self, request: p.Generate) -> AsyncIterator[list[p.Chunk | p.Done]]:
+    async def generate(self, request: p.Generate,
+                       on_cancel: Callable[[asyncio.Future[p.Done | None]], None] | None = None
+                       ) -> AsyncIterator[list[p.Chunk | p.Done]]:
         """Stream a generation, as lists of what has arrived since the last (Chunks, then a
         Done at the end of the last list). Leaving the loop early cancels the sequence in the
-        runner."""
+        runner; `on_cancel` then gets a future of the runner's count of what it used until
+        then (a task of its own: a cancelled request may not wait here, see `_so_far`)."""
         rid = next(self._request_ids)
         inbox = _Inbox()
         self._pending[rid] = inbox
@@ -224,10 +228,32 @@ class RunnerConnection:
                         raise CorralError(message.message, message.status)
                 yield batch
         finally:
-            self._pending.pop(rid, None)
+            counting = False
             if not finished and self.alive:
                 with contextlib.suppress(zmq.ZMQError, RunnerError):
                     await self._send(p.Cancel(rid))
+                    if on_cancel is not None:
+                        on_cancel(asyncio.ensure_future(self._so_far(rid, inbox)))
+                        counting = True
+            if not counting:
+                self._pending.pop(rid, None)
+
+    async def _so_far(self, rid: int, inbox: _Inbox) -> p.Done | None:
+        """The runner answers a Cancel with a Done of the tokens used so far (or had sent the
+        generation's own Done already). Awaited outside the request's stream: a dropped
+        stream's body runs under Starlette's cancelled scope, where every await is cancelled."""
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                while True:
+                    for message in await inbox.take():
+                        if isinstance(message, p.Done):
+                            return message
+                        if isinstance(message, p.Error):
+                            return None
+        except TimeoutError:  # a runner busy that long: the tokens stay uncounted
+            return None
+        finally:
+            self._pending.pop(rid, None)
 
     async def embed(self, inputs: list[str], *, truncate: bool, normalize: bool) -> p.Embeddings:
         rid, queue = self._open()

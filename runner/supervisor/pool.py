@@ -148,7 +148,9 @@ class RunnerPool(Leasing[LoadedRunner]):
         self.settings = settings
         self.loaded: dict[str, list[LoadedRunner]] = {}  # model key -> its replicas, oldest first
         self._lock = asyncio.Lock()  # one load or eviction decision at a time
-        self._waiting_loads = 0
+        # Requests waiting for their model to load, by model name: /metrics counts them as
+        # waiting (corral_requests_waiting) although no runner holds them yet.
+        self.waiting_loads: Counter[str] = Counter()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="corral-"))  # mode 0700
         self._health_task: asyncio.Task[None] | None = None
         self._long_since: dict[str, float] = {}  # model key -> when its queue became long
@@ -171,7 +173,7 @@ class RunnerPool(Leasing[LoadedRunner]):
 
     @property
     def waiting(self) -> int:
-        return self._waiting_loads + sum(e.queued for e in self.entries())
+        return self.waiting_loads.total() + sum(e.queued for e in self.entries())
 
     def entries(self) -> list[LoadedRunner]:
         """Every loaded runner, replicas included."""
@@ -211,13 +213,15 @@ class RunnerPool(Leasing[LoadedRunner]):
         entry = self._pick(key, load)
         if entry is not None:
             return self._hold(entry, keep_alive)  # fast path: never waits behind a load
-        self._waiting_loads += 1
+        self.waiting_loads[name] += 1
         try:
             async with self._lock:
                 entry = await self._ensure(key, name, model, load, keep_alive)
                 return self._hold(entry, keep_alive)
         finally:
-            self._waiting_loads -= 1
+            self.waiting_loads[name] -= 1
+            if self.waiting_loads[name] <= 0:
+                del self.waiting_loads[name]
 
     def _pick(self, key: str, load: p.Load) -> LoadedRunner | None:
         """The replica with the fewest requests active and queued that can serve `load`."""

@@ -44,6 +44,7 @@ class StandinEngine:
     device = "cpu"
     cpu_config = "optimized"
     kv_used = 0
+    slots = ()  # none of llama.cpp's: a cancelled generation reports no tokens used
 
     def __init__(self, load: p.Load) -> None:
         self.parallel = load.parallel or 1
