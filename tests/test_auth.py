@@ -179,9 +179,11 @@ def test_limits_answer_429_with_openais_headers(team: Team) -> None:
 
 def test_tokens_per_minute_are_charged_after_the_reply(team: Team) -> None:
     client = team.ollama("thrifty")
+    # Far more than a minute's worth: the overdraw refills at half a token a second, so the
+    # next request is still refused however long this reply took on a loaded machine.
     reply = client.generate(MODEL, "Count: one, two, three, four, five, six, seven,",
-                            options={"num_predict": 32, "temperature": 0})
-    assert reply.prompt_eval_count + reply.eval_count > 30  # more than a minute's worth
+                            options={"num_predict": 128, "temperature": 0})
+    assert reply.prompt_eval_count + reply.eval_count > 30
     with pytest.raises(ollama.ResponseError) as err:
         client.generate(MODEL, "Again", options=SHORT)
     assert err.value.status_code == 429 and "tokens per minute" in str(err.value.error)
