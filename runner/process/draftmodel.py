@@ -194,7 +194,7 @@ class DraftModel:
                      for seq, length in chosen if length > step]
             rows = self._fill(going)
             if not self._decode():
-                self._forget()
+                self.forget()
                 break  # (what was drafted so far is still a valid guess)
             for row, (index, tokens, _, _) in zip(rows, going, strict=True):
                 self.held[index].extend(tokens)
@@ -252,7 +252,7 @@ class DraftModel:
                 self.held[index].extend(rows[-1][1])
             outputs = iter(self._fill(rows))
             if not self._decode():
-                self._forget()
+                self.forget()
                 return {}
             for index, _, _, last in rows:
                 if last:
@@ -260,7 +260,7 @@ class DraftModel:
             left = [(index, tokens) for index, tokens in left if tokens]
         return firsts
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         """After a failed decode: empty every draft cache (each is read again when it drafts)."""
         for index, held in enumerate(self.held):
             llama_cpp.llama_memory_seq_rm(self.memory, index, -1, -1)
