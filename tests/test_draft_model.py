@@ -246,3 +246,18 @@ def test_the_setting_on_a_live_server(corral_server, tiny: Path, model_path: str
     assert 0 <= speculative["accepted"] <= speculative["drafted"]
     show = httpx.post(url + "/api/show", json={"model": "drafted"}, timeout=30).json()
     assert "draft_model" in show["parameters"] and "tinydraft" in show["parameters"]
+
+
+def test_the_draft_counts_in_the_memory_estimate(model_path: str, tiny: Path) -> None:
+    from registry.gguf_info import read_gguf
+    from runner.supervisor.estimate import RUNNER_BASE, estimate, shape_from_gguf
+
+    target, draft = read_gguf(model_path), read_gguf(tiny)
+    sizes = {"num_ctx": 2048, "parallel": 4}
+    plain = estimate(shape_from_gguf(target), **sizes)
+    alone = estimate(shape_from_gguf(draft), **sizes)
+    both = estimate(shape_from_gguf(target, None, draft), **sizes)
+    assert both.draft == alone.weights + alone.kv + alone.compute > 0
+    assert both.total == plain.total + both.draft
+    # One process: the draft adds all it holds but the runner's own base (its vocabulary too).
+    assert both.host_total == plain.host_total + alone.host_total - RUNNER_BASE
