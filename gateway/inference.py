@@ -40,6 +40,7 @@ from gateway.thinking import (
 from gateway.tools import CallFormat, CallParser, Tool, call_format, forced_call_grammar
 from gateway.xmlcalls import XmlCallParser
 from registry import gotemplate, renderers
+from registry.draftvocab import resolve_draft
 from registry.renderers.harmony import harmony_tools
 from registry.store import LocalModel, Store
 from runner.supervisor.pool import LoadedRunner, RunnerPool
@@ -373,6 +374,9 @@ class Inference:
         load = load_request(str(model.model_path), options, self.settings, n_ctx_train)
         load.adapters = [str(path) for path in model.adapter_paths]  # ADAPTER layers (LoRA)
         load.projector = str(model.projector_paths[0]) if model.projector_paths else ""
+        if options.get("draft_model"):  # a draft model guesses tokens (a 400 for a mismatch)
+            load.draft_path = str(resolve_draft(self.store, model.model_path,
+                                                options["draft_model"], model.display()))
         keep = parse_keep_alive(keep_alive)
         if keep is not None and not team.may_set_keep_alive():  # the server's keep-alive applies
             return Job(model, options, load, None, unload_refused=keep == 0)

@@ -69,7 +69,7 @@ CHOICES: Schema = {"type": "integer", "minimum": 1, "maximum": 8, "description":
                    "choice takes a parallel slot"}
 MAX_TOKENS: Schema = {"type": "integer", "minimum": 1}
 
-_OPTION_SCHEMAS = {int: INT, float: NUM, bool: BOOL,
+_OPTION_SCHEMAS = {int: INT, float: NUM, bool: BOOL, str: STR,
                    list: {"anyOf": [STR, arr(STR)]}}
 
 

@@ -17,7 +17,7 @@ from shared.options import OPTION_TYPES
 
 DEFAULT_NUM_CTX = 4096  # Ollama's tier for machines with under 23 GiB of VRAM, CPU included
 
-_TYPE_NAMES = {int: "int", float: "float", bool: "bool", list: "[]string"}
+_TYPE_NAMES = {int: "int", float: "float", bool: "bool", list: "[]string", str: "string"}
 _INT64 = 2**63
 
 
@@ -34,6 +34,9 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             with contextlib.suppress(OverflowError):  # an integer beyond any float
                 return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
     elif kind is list:
         if isinstance(value, str):
             return [value]
@@ -86,7 +89,7 @@ def load_request(path: str, options: dict[str, Any], settings: Settings, n_ctx_t
 
 
 LOAD_OPTION_NAMES = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap",
-                               "num_thread", "num_parallel"})
+                               "num_thread", "num_parallel", "draft_model"})
 
 
 def sampling_options(options: dict[str, Any]) -> dict[str, Any]:

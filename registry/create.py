@@ -32,6 +32,7 @@ import gguf
 
 from registry import gotemplate, modelfile, renderers
 from registry.blobs import TEMP_PREFIX, Blob, fsync_dir, normalize_digest
+from registry.draftvocab import resolve_draft
 from registry.gguf_info import GGUFInfo, config_fields, read_gguf
 from registry.manifest import (
     MEDIA_ADAPTER,
@@ -515,6 +516,9 @@ class _Builder:
             replace((MEDIA_SYSTEM,), new)
         if spec.parameters:
             merged = dict(sorted({**base_params, **spec.parameters}.items()))  # as Go sorts
+            if merged.get("draft_model"):  # named in the store, of the same vocabulary
+                resolve_draft(store, self.require_blob(model_layer.digest),
+                              merged["draft_model"], spec.name.display())
             replace((MEDIA_PARAMS,), self.blob_bytes(compact_json(merged)).layer(MEDIA_PARAMS))
         if spec.messages:
             blob = self.blob_bytes(compact_json(spec.messages))

@@ -98,7 +98,7 @@ def parse_parameter(name: str, raw: str) -> Any:
     if name not in OPTION_TYPES:
         raise ValueError(f"unknown parameter '{name}'")
     kind = OPTION_TYPES[name][0]
-    if kind is list:
+    if kind is list or kind is str:
         return raw
     if kind is int:
         if not _INT_RE.fullmatch(raw):
@@ -140,9 +140,13 @@ def parameters_from_json(params: Any) -> tuple[dict[str, Any], list[str]]:
         if name not in OPTION_TYPES:
             raise BadRequest(f"unknown parameter '{name}'")
         kind = OPTION_TYPES[name][0]
-        bad = BadRequest(f'option "{name}" must be of type '
-                         f'{ {int: "int", float: "float", bool: "bool", list: "[]string"}[kind]}')
-        if kind is list:
+        names = {int: "int", float: "float", bool: "bool", list: "[]string", str: "string"}
+        bad = BadRequest(f'option "{name}" must be of type {names[kind]}')
+        if kind is str:
+            if not isinstance(value, str):
+                raise bad
+            out[name] = value
+        elif kind is list:
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -34,4 +34,8 @@ OPTION_TYPES: dict[str, tuple[type, Any]] = {
     # corral: the longest run of tokens guessed by prompt lookup and verified in one step
     # (speculative decoding); 0 = off; unset = the server's CORRAL_DRAFT_MAX.
     "draft_max": (int, None),
+    # corral: a model in the store, of the same vocabulary, that drafts the guesses instead of
+    # prompt lookup (runner/process/draftmodel.py); a load option: the runner loads it beside
+    # the model.
+    "draft_model": (str, None),
 }

@@ -51,6 +51,9 @@ class Load:
     # sequence guesses when its request does not say (option draft_max); 0 = off.
     draft_max: int = 0
     projector: str = ""  # a vision projector GGUF (CLIP/mmproj) loaded with libmtmd; "" = none
+    # A draft model's GGUF (the model option draft_model, of the same vocabulary): it drafts the
+    # guesses instead of prompt lookup (runner/process/draftmodel.py); "" = none.
+    draft_path: str = ""
 
 
 @dataclass(slots=True)

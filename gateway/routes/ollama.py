@@ -400,7 +400,8 @@ async def running_models(pool: RunnerPool) -> list[dict[str, Any]]:
                 "active": sum(r["active"] for r in runners),
                 "queued": sum(r["queued"] for r in runners),
                 "estimate": {"weights": need.weights, "kv": need.kv, "compute": need.compute,
-                             "projector": need.projector, "total": need.total,
+                             "projector": need.projector, "draft": need.draft,
+                             "total": need.total,
                              "host_total": need.host_total},  # one replica's
                 "measured": {
                     "weights": first.ready.model_bytes,

@@ -38,6 +38,7 @@ import numpy as np
 from runner.cpusafety import cpu_config, inject_fault
 from runner.kvlayout import KV_BYTES_PER_ELEMENT, swa_cells, swa_layers
 from runner.process import longtext, promptdisk, vision
+from runner.process.draftmodel import DRAFT_MODEL_MAX, DraftError, DraftModel
 from runner.process.embedding import Embedder
 from runner.process.fairqueue import FairQueue
 from runner.process.promptcache import (
@@ -299,8 +300,11 @@ class Engine:
         self._public_starts: dict[tuple[bool, str], list[int]] = {}  # see _scope
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
         self._token_s = 0.0  # seconds per batch token, measured (moving average)
-        self.speculation = Speculation(load.draft_max)
+        self.speculation = Speculation(
+            load.draft_max or (DRAFT_MODEL_MAX if load.draft_path else 0))
         self._warm_up(load.safe_cpu)
+        if load.draft_path:
+            self._load_draft(load, cparams)
         if self.meta(f"{self.architecture}.pooling_type") is not None:
             # An embedding-only model does nothing else: its embedding context is made (and its
             # memory counted, runner/supervisor/estimate.py) at load, not by the first request.
@@ -324,6 +328,19 @@ class Engine:
         if rc != 0:
             self.close()
             raise LoadError(f"the warm-up decode failed with code {rc}")
+
+    def _load_draft(self, load: p.Load, cparams: Any) -> None:
+        """The draft model (the option draft_model) that guesses tokens instead of prompt lookup
+        (runner/process/draftmodel.py): all of it on the main GPU when the model uses one."""
+        try:
+            self.speculation.source = DraftModel(
+                load.draft_path, self.vocab, self.slots, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                n_ubatch=self.n_ubatch, n_threads=self.n_threads, gpu=self.device != "cpu",
+                main_gpu=load.main_gpu, use_mmap=load.use_mmap, kv_type=cparams.type_k,
+                flash_attention=load.flash_attention)
+        except DraftError as exc:
+            self.close()
+            raise LoadError(str(exc)) from None
 
     def _apply_adapters(self, paths: list[str]) -> None:
         """LoRA adapters (the model's ADAPTER layers), at full scale. llama.cpp frees them with
@@ -1151,6 +1168,8 @@ class Engine:
         llama_cpp.llama_set_n_threads(self.ctx, n, n)
         if self._embedder is not None:
             llama_cpp.llama_set_n_threads(self._embedder.ctx, n, n)
+        if self.speculation.source is not None:
+            self.speculation.source.set_threads(n)
         self.n_threads = n  # an embedding context made later takes the same
 
     def close(self) -> None:
@@ -1161,6 +1180,9 @@ class Engine:
             self._embedder.close()
         if self.vision is not None:
             self.vision.close()
+        if self.speculation.source is not None:
+            self.speculation.source.close()
+            self.speculation.source = None
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)

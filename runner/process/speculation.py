@@ -24,6 +24,7 @@ different counts cost extra graph runs. Hence:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,11 +189,13 @@ class Planner:
         return self.c_ubatch * ubatches + self.c_row * rows
 
     def choose(self, rows: list[int], extra_rows: int, extra_ubatches: int,
-               candidates: list[tuple[int, Drafter, int]]) -> dict[int, int]:
+               candidates: list[tuple[int, Drafter, int]],
+               draft_cost: Callable[[int, int], float] | None = None) -> dict[int, int]:
         """Draft lengths for this step: {key: length}, or {} when guessing does not pay.
 
         `rows`: one per generating sequence (1 each); `extra_rows`/`extra_ubatches`: the prompt
-        rows the step also reads; `candidates`: (key, drafter, longest draft it has)."""
+        rows the step also reads; `candidates`: (key, drafter, longest draft it has);
+        `draft_cost`: seconds that drafting (length, sequences) costs first (a draft model)."""
         base_rows = sum(rows) + extra_rows
         base_tokens = len(rows)
         base = base_tokens / self.seconds(micro_batches(rows) + extra_ubatches, base_rows)
@@ -208,8 +211,9 @@ class Planner:
             for m, (_key, drafter, _n) in enumerate(able, 1):
                 gain += drafter.expected(length)
                 counts = [1 + length] * m + [1] * (len(rows) - m)
-                speed = (base_tokens + gain) / self.seconds(
+                speed = (base_tokens + gain) / (self.seconds(
                     micro_batches(counts) + extra_ubatches, base_rows + m * length)
+                    + (draft_cost(length, m) if draft_cost is not None else 0.0))
                 if speed > best:
                     best, choice = speed, (length, m)
         length, m = choice
@@ -229,6 +233,8 @@ class Speculation:
         self.planner = Planner()
         self.drafted = 0  # guessed tokens verified, since the runner loaded
         self.accepted = 0  # of which held
+        # A draft model (runner/process/draftmodel.py) that guesses instead of prompt lookup.
+        self.source: Any = None
 
     def limit(self, seq: Any) -> int:
         """The longest draft `seq` may have: its option `draft_max`, else the default. Seeded
@@ -254,16 +260,24 @@ class Speculation:
                 seq.drafter = Drafter.for_prompt(seq.prompt, k_max)
             # Never past the context (a shift would move the rows) nor past num_predict.
             room = min(n_ctx - seq.n_past - 3, seq.num_predict - len(seq.generated) - 1, per_seq)
+            if self.source is not None:  # it drafts the lengths chosen below
+                if (longest := self.source.offer(seq, room)) > 0:
+                    candidates.append((seq.request_id, seq.drafter, longest))
+                continue
             draft = seq.drafter.propose(seq.generated, room)
             if draft:
                 candidates.append((seq.request_id, seq.drafter, len(draft)))
                 proposals[seq.request_id] = draft
         if not candidates:
             return {}
-        lengths = self.planner.choose([1] * len(seqs), 0, 0, candidates)
+        lengths = self.planner.choose([1] * len(seqs), 0, 0, candidates,
+                                      self.source.cost if self.source is not None else None)
         for key, drafter, _n in candidates:
             if key not in lengths:  # not worth it now: its estimate drifts back, to retry later
                 drafter.accept += (ACCEPT_PRIOR - drafter.accept) * ACCEPT_DRIFT
+        if self.source is not None:
+            return self.source.draft([(seq, lengths[seq.request_id]) for seq in seqs
+                                      if seq.request_id in lengths])
         return {key: proposals[key][:k] for key, k in lengths.items()}
 
     def record(self, seq: Any, drafted: int, accepted: int) -> None:

@@ -15,6 +15,10 @@ fills only the rows it outputs, and pages never written take no RAM. So the CPU 
 output buffer (slots x vocabulary), and the runner process itself: Python and its libraries, and
 llama.cpp's vocabulary tables (about 350 bytes per token: 88 MiB for Gemma 3's 262k tokens).
 
+A draft model (the option draft_model) adds what it would take alone, in the same process: its
+weights, its KV cache of as many slots of `num_ctx`, its compute buffer, on the main GPU with the
+model.
+
 A vision model's projector (its CLIP/mmproj GGUF, loaded by libmtmd on the runner's device) adds
 its weights and its own compute buffer: the encoder's worst graph, one image at the projector's
 image size, whose largest terms are the attention scores (heads x patches^2) and the feed-forward
@@ -60,6 +64,7 @@ class ModelShape:
     swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window
     projector: int = 0  # a vision projector's weights (0: none)
     projector_compute: int = 0  # its encoder's compute buffer
+    draft: ModelShape | None = None  # a draft model loaded beside it (the option draft_model)
 
     @property
     def weights(self) -> int:
@@ -77,17 +82,22 @@ class Estimate:
     host_compute: int | None = None  # what RAM holds of the compute buffer on the CPU
     runtime: int = 0  # the runner process itself: Python, libraries, vocabulary tables
     projector: int = 0  # a vision projector's weights plus its compute buffer (same device)
+    # A draft model's buffers (weights, KV of as many slots, compute) on the main GPU with the
+    # model, and what it holds in RAM on the CPU (its vocabulary tables too).
+    draft: int = 0
+    host_draft: int = 0
 
     @property
     def total(self) -> int:
         """llama.cpp's buffers as allocated: what the model takes on a GPU."""
-        return self.weights + self.kv + self.compute + self.projector
+        return self.weights + self.kv + self.compute + self.projector + self.draft
 
     @property
     def host_total(self) -> int:
         """What a runner computing on the CPU holds in RAM (its RSS)."""
         compute = self.compute if self.host_compute is None else self.host_compute
-        return self.weights + self.kv + compute + self.output + self.runtime + self.projector
+        return (self.weights + self.kv + compute + self.output + self.runtime + self.projector
+                + self.host_draft)
 
 
 def tensor_bytes(type_name: str, shape: list[int]) -> int:
@@ -115,7 +125,8 @@ def projector_shape(info: GGUFInfo) -> tuple[int, int]:
     return weights, compute
 
 
-def shape_from_gguf(info: GGUFInfo, projector: GGUFInfo | None = None) -> ModelShape:
+def shape_from_gguf(info: GGUFInfo, projector: GGUFInfo | None = None,
+                    draft: GGUFInfo | None = None) -> ModelShape:
     n_layers = info.block_count or 1
     per_layer = [0] * n_layers
     other = 0
@@ -149,6 +160,7 @@ def shape_from_gguf(info: GGUFInfo, projector: GGUFInfo | None = None) -> ModelS
         swa_layers=swa_layers,
         projector=proj_weights,
         projector_compute=proj_compute,
+        draft=shape_from_gguf(draft) if draft is not None else None,
     )
 
 
@@ -236,7 +248,15 @@ def estimate(shape: ModelShape, *, num_ctx: int, parallel: int, kv_cache_type: s
     mask = 2 * ubatch * ((full if not all(swa) else 0) + (window if any(swa) else 0))
     compute = mask + max(ubatch * (4 * shape.n_vocab + 8 * shape.n_embd),
                          4 * ubatch * (shape.n_ff + 2 * shape.n_embd))
+    draft = draft_host = 0
+    if shape.draft is not None:  # its own context: num_ctx per slot, the same batch
+        mine = estimate(shape.draft, num_ctx=num_ctx, parallel=parallel,
+                        kv_cache_type=kv_cache_type, num_batch=num_batch, swa_full=swa_full)
+        draft = mine.weights + mine.kv + mine.compute
+        draft_host = mine.host_total - RUNNER_BASE  # (the same process)
     return Estimate(
+        draft=draft,
+        host_draft=draft_host,
         weights=shape.weights,
         kv=sum(kv_layers),
         compute=compute,

@@ -114,7 +114,8 @@ def place(estimate: Estimate, inventory: Inventory, *, num_gpu: int = -1,
     # 3. As many layers as fit (the last layers and the output head first, as llama.cpp
     #    offloads them), the rest on the CPU.
     room = [_usable(g, overhead) for g in ranked]
-    fixed = estimate.compute + estimate.projector  # held on the GPU whatever the layer split
+    # held on the GPU whatever the layer split (a draft model sits whole on the main GPU)
+    fixed = estimate.compute + estimate.projector + estimate.draft
     budget = sum(room) - fixed
     limit = n_layers if num_gpu < 0 else min(num_gpu, n_layers)
     layers, used = 0, 0

@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 import psutil
 
+from registry.gguf_info import read_gguf_safe
 from runner.cpusafety import crash_signal, describe_crash
 from runner.supervisor.client import RunnerProcess
 from runner.supervisor.estimate import Estimate, shape_from_gguf
@@ -376,7 +377,9 @@ class RunnerPool(Leasing[LoadedRunner]):
             raise CorralError(f"cannot read the GGUF metadata of {model.display()}")
         s = self.settings
         return plan_model(
-            shape_from_gguf(info, model.projector_gguf), inventory, self._residents(),
+            shape_from_gguf(info, model.projector_gguf,
+                            read_gguf_safe(load.draft_path) if load.draft_path else None),
+            inventory, self._residents(),
             num_ctx=load.num_ctx,
             num_batch=load.num_batch, num_gpu=load.num_gpu,
             main_gpu=load.main_gpu if load.main_gpu >= 0 else None,

@@ -1,6 +1,7 @@
 """Speculative decoding by prompt lookup: corral with and without guesses, same engine, same run.
 
     .venv/bin/python -m tests.bench.speculative [--runs 3] [--tokens 256]
+    .venv/bin/python -m tests.bench.speculative --draft self [--force]   (a draft model)
 
 In-process on corral's engine (the runner's code), bundled model, greedy, 4 slots. Workloads:
 edit (a ~400-token source file shown, then written out again with one name changed: the model
@@ -9,6 +10,11 @@ concurrent streams. Runs alternate off/on (the machine is shared: interleaving s
 over both); each starts cold (no cached prompt). Tokens per second are generated tokens over the
 time from submitting to the last reply (end to end, prompt reading included) and over the time
 after each stream's first token (decode); min..max of the runs beside the median.
+
+With `--draft self` (the bundled model drafting for itself) or `--draft PATH` (a GGUF of the same
+vocabulary) a draft model makes the guesses instead of prompt lookup (runner/process/draftmodel.py);
+`--force` fixes the planner's costs where guessing always pays (draft decodes free): a figure of
+the drafting mechanics, since the bundled model drafting for itself never pays on its own.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.process.engine import Engine
+from runner.process.speculation import Planner
 from shared import protocol as p
 from tests.bench.__main__ import PROMPT
 from tests.bench._model import bundled_model_path
@@ -95,6 +102,8 @@ def burst(engine: Engine, prompts: list[str], draft_max: int, tokens: int
     for slot in engine.slots:
         slot.tokens, slot.canonical, slot.checkpoints = [], 0, []
     llama_cpp.llama_memory_clear(engine.memory, True)
+    if engine.speculation.source is not None:  # a draft model's caches start cold too
+        engine.speculation.source.forget()
     engine.prompt_cache.clear()
     accepted = engine.speculation.accepted
     options = {"temperature": 0, "num_predict": tokens, "draft_max": draft_max}
@@ -129,11 +138,23 @@ def main() -> None:
     parser.add_argument("--draft-max", type=int, default=16)
     parser.add_argument("--streams", default="1,4", help="stream counts to run, e.g. 1 or 1,4")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. edit,plain")
+    parser.add_argument("--draft", default="", help="a draft model: self or a GGUF path")
+    parser.add_argument("--force", action="store_true",
+                        help="fixed costs where guessing pays (drafting mechanics)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    engine = Engine(p.Load(bundled_model_path(), num_ctx=4096, parallel=4))
+    model = bundled_model_path()
+    draft = model if args.draft == "self" else args.draft
+    engine = Engine(p.Load(model, num_ctx=4096, parallel=4, draft_path=draft))
+    if args.force:
+        engine.speculation.planner = Planner(c_ubatch=1.0, c_row=0.001)
+        engine.speculation.planner.observe = lambda *_: None  # type: ignore[method-assign]
+        if engine.speculation.source is not None:
+            engine.speculation.source.cost = lambda *_: 0.0
     sizes = {name: len(engine.tokenize(text)) for name, text in WORKLOADS.items()}
-    table = Table(title=f"Speculative decoding (prompt lookup, draft_max {args.draft_max}), "
+    source = f"draft model {args.draft}" if args.draft else "prompt lookup"
+    table = Table(title=f"Speculative decoding ({source}{', forced' if args.force else ''}, "
+                        f"draft_max {args.draft_max}), "
                         f"bundled model, greedy, {args.tokens} tokens per stream, {args.runs} "
                         f"runs: median (min..max)")
     for column in ("workload", "streams", "off e2e tok/s", "on e2e tok/s", "e2e ratio",
