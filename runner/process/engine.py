@@ -300,8 +300,11 @@ class Engine:
         self._public_starts: dict[tuple[bool, str], list[int]] = {}  # see _scope
         self._batch_starts: dict[int, int] = {}  # slot -> first position it adds this step
         self._token_s = 0.0  # seconds per batch token, measured (moving average)
+        # A draft model's guesses cost a decode each: shorter than prompt lookup's (a request's
+        # own draft_max still wins).
         self.speculation = Speculation(
-            load.draft_max or (DRAFT_MODEL_MAX if load.draft_path else 0))
+            min(load.draft_max or DRAFT_MODEL_MAX, DRAFT_MODEL_MAX) if load.draft_path
+            else load.draft_max)
         self._warm_up(load.safe_cpu)
         if load.draft_path:
             self._load_draft(load, cparams)

@@ -29,7 +29,6 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
-DRAFT_MAX = 16  # longest draft a sequence proposes (the per-request option `draft_max`)
 NGRAM_SIZES = (4, 3, 2)  # the match tried first is the longest
 ACCEPT_PRIOR = 0.5  # a new sequence's guessed per-token acceptance
 ACCEPT_DECAY = 0.7  # weight of the past in the acceptance estimate, per verified token

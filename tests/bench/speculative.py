@@ -31,6 +31,7 @@ from rich.table import Table
 from runner.process.engine import Engine
 from runner.process.speculation import Planner
 from shared import protocol as p
+from shared.config import DRAFT_MAX
 from tests.bench.__main__ import PROMPT
 from tests.bench._model import bundled_model_path
 
@@ -135,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.speculative")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--draft-max", type=int, default=16)
+    parser.add_argument("--draft-max", type=int, default=DRAFT_MAX)
     parser.add_argument("--streams", default="1,4", help="stream counts to run, e.g. 1 or 1,4")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="e.g. edit,plain")
     parser.add_argument("--draft", default="", help="a draft model: self or a GGUF path")

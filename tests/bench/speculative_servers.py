@@ -30,6 +30,7 @@ from rich.table import Table
 
 from registry.bundled import import_bundled_model
 from registry.store import Store
+from shared.config import DRAFT_MAX
 from tests.bench.speculative import WORKLOADS
 from tests.conftest import free_port, start_server
 
@@ -94,7 +95,7 @@ def main() -> None:
                         help="the llama-server binary (or $LLAMA_SERVER)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--draft-max", type=int, default=16)
+    parser.add_argument("--draft-max", type=int, default=DRAFT_MAX)
     parser.add_argument("--streams", default="1", help="stream counts, e.g. 1 or 1,4")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--types", default=",".join(LLAMA_SERVER_TYPES),
