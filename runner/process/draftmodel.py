@@ -21,12 +21,12 @@ are expected to save.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence as Seq
 from typing import Any
 
 import llama_cpp
 import numpy as np
 
+from runner.process.promptcache import common_prefix
 from runner.process.speculation import Planner
 
 DRAFT_MODEL_MAX = 8  # the longest draft when the model names a draft model and no draft_max
@@ -41,21 +41,6 @@ FIRST_COMPARED_ID = 5
 
 class DraftError(Exception):
     pass
-
-
-def common_length(a: Seq[int], b: Seq[int]) -> int:
-    """The length of the common start of `a` and `b`, by slice comparisons (in C): a history
-    of thousands of tokens is compared every step."""
-    lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
-    while hi - lo > 1:  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def _text(vocab: Any, token: int) -> bytes:
@@ -210,9 +195,9 @@ class DraftModel:
         shared start from another slot's) and return the tokens of `history` it still has to
         read: at least the last one, whose logits give the first guess."""
         held = self.held[index]
-        keep = min(common_length(held, history), len(history) - 1)
-        donor = max(range(len(self.held)), key=lambda i: common_length(self.held[i], history))
-        shared = min(common_length(self.held[donor], history), len(history) - 1)
+        keep = min(common_prefix(held, history), len(history) - 1)
+        donor = max(range(len(self.held)), key=lambda i: common_prefix(self.held[i], history))
+        shared = min(common_prefix(self.held[donor], history), len(history) - 1)
         if donor != index and shared - keep >= MIN_COPY_TOKENS:
             llama_cpp.llama_memory_seq_rm(self.memory, index, -1, -1)
             llama_cpp.llama_memory_seq_cp(self.memory, donor, index, -1, -1)
